@@ -1,0 +1,311 @@
+"""The Kata Containers agent (2.x and later) over ttrpc.
+
+Layer: agents. Maps each operation of :class:`~agentio.agents.base.Agent` onto one call of
+``grpc.AgentService`` / ``grpc.Health`` with the current generation's messages
+(:mod:`agentio.proto.kata`), and normalises what differs between agent versions: the three
+ways of saying end-of-output, both OK-status forms (handled by the ttrpc layer), long polls
+sent without a wire deadline.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol, TypeVar
+
+import betterproto2
+
+from ..errors import AgentError, ProtocolError, RpcError, is_end_of_stream
+from ..limits import DEFAULT_LIMITS, Limits
+from ..proto.kata import grpc as pb
+from ..proto.kata.google import protobuf as pb_empty
+from .agent_type import AgentType
+from .base import Agent
+from .oci import from_oci
+from .specs import AgentVersion, ContainerStats, OciMapping, ProcessSpec, SandboxSpec
+
+R = TypeVar("R", bound=betterproto2.Message)
+
+AGENT_SERVICE = "grpc.AgentService"
+HEALTH_SERVICE = "grpc.Health"
+DEFAULT_CALL_TIMEOUT = 60.0
+"""Seconds an ordinary call may take unless the caller says otherwise (Kata's runtime default)."""
+
+
+class RpcChannel(Protocol):
+    """What an agent adapter needs from its protocol: one unary call, bytes in and out."""
+
+    async def call(
+        self, service: str, method: str, payload: bytes, *, timeout: float | None,
+        send_timeout: bool = True,
+    ) -> bytes: ...
+
+    async def close(self) -> None: ...
+
+
+class KataAgent(Agent):
+    """A Kata agent reached over ttrpc (Kata 2.x, 3.x, 4.x guests).
+
+    Args:
+        channel: the call channel (a :class:`~agentio.protocols.ttrpc.TtrpcClient`, which
+            connects lazily on the first call).
+        sandbox_id: named in every error this agent raises.
+        call_timeout: default deadline of ordinary calls, in seconds.
+    """
+
+    agent_type = AgentType.KATA
+
+    def __init__(
+        self, channel: RpcChannel, *, sandbox_id: str = "",
+        call_timeout: float = DEFAULT_CALL_TIMEOUT, limits: Limits = DEFAULT_LIMITS,
+    ) -> None:
+        super().__init__(limits=limits)
+        self.channel = channel
+        self.sandbox_id = sandbox_id
+        self.call_timeout = call_timeout
+
+    def __repr__(self) -> str:
+        return f"<KataAgent sandbox={self.sandbox_id or '?'}>"
+
+    # -- the one call path ---------------------------------------------------------------------
+
+    async def _call(
+        self, method: str, request: betterproto2.Message, response_type: type[R], *,
+        timeout: float | None, long_poll: bool = False, service: str = AGENT_SERVICE,
+        container: str | None = None, exec_id: str | None = None,
+    ) -> R:
+        bound = self._bound(timeout, long_poll)
+        try:
+            data = await self.channel.call(service, method, bytes(request), timeout=bound,
+                                           send_timeout=not long_poll)
+        except AgentError as exc:
+            exc.add_context(operation=method, sandbox=self.sandbox_id, container=container,
+                            exec=exec_id)
+            raise
+        try:
+            return response_type.parse(data)
+        except Exception as exc:  # whatever the decoder trips on, the peer sent it
+            raise _malformed(method, exc).add_context(
+                sandbox=self.sandbox_id, container=container, exec=exec_id) from exc
+
+    def _bound(self, timeout: float | None, long_poll: bool) -> float | None:
+        if timeout is None:
+            return None if long_poll else self.call_timeout
+        return None if math.isinf(timeout) else timeout
+
+    # -- connection ----------------------------------------------------------------------------
+
+    async def check(self, *, timeout: float | None = None) -> None:
+        response = await self._call("Check", pb.CheckRequest(), pb.HealthCheckResponse,
+                                    timeout=timeout, service=HEALTH_SERVICE)
+        if response.status != pb.HealthCheckResponseServingStatus.SERVING:
+            raise AgentError(f"agent is {response.status.name}", operation="Check",
+                             sandbox=self.sandbox_id)
+
+    async def version(self, *, timeout: float | None = None) -> AgentVersion:
+        response = await self._call("Version", pb.CheckRequest(service=AGENT_SERVICE),
+                                    pb.VersionCheckResponse, timeout=timeout,
+                                    service=HEALTH_SERVICE)
+        return AgentVersion(agent_version=response.agent_version,
+                            api_version=response.grpc_version)
+
+    async def disconnect(self) -> None:
+        await self.channel.close()
+
+    # -- sandbox -------------------------------------------------------------------------------
+
+    async def create_sandbox(self, spec: SandboxSpec, *, timeout: float | None = None) -> None:
+        """Nothing to do in the guest yet: Kata creates the sandbox when it starts."""
+
+    async def start_sandbox(self, spec: SandboxSpec, *, timeout: float | None = None) -> None:
+        request = pb.CreateSandboxRequest(
+            hostname=spec.hostname, dns=list(spec.dns), sandbox_pidns=spec.sandbox_pidns,
+            sandbox_id=spec.sandbox_id, guest_hook_path=spec.guest_hook_path,
+            kernel_modules=[pb.KernelModule(name=name) for name in spec.kernel_modules])
+        await self._call("CreateSandbox", request, pb_empty.Empty, timeout=timeout)
+
+    async def stop_sandbox(self, sandbox_id: str, *, timeout: float | None = None) -> None:
+        await self._call("DestroySandbox", pb.DestroySandboxRequest(), pb_empty.Empty,
+                         timeout=timeout)
+
+    # -- containers ----------------------------------------------------------------------------
+
+    async def create_container(
+        self, container_id: str, spec: OciMapping, *, timeout: float | None = None
+    ) -> None:
+        request = pb.CreateContainerRequest(container_id=container_id, exec_id=container_id,
+                                            oci=from_oci(pb.Spec, spec))
+        await self._call("CreateContainer", request, pb_empty.Empty, timeout=timeout,
+                         container=container_id)
+
+    async def start_container(self, container_id: str, *, timeout: float | None = None) -> None:
+        await self._call("StartContainer", pb.StartContainerRequest(container_id=container_id),
+                         pb_empty.Empty, timeout=timeout, container=container_id)
+
+    async def stop_container(self, container_id: str, *, timeout: float | None = None) -> None:
+        await self._call("RemoveContainer", pb.RemoveContainerRequest(container_id=container_id),
+                         pb_empty.Empty, timeout=timeout, container=container_id)
+
+    async def pause_container(self, container_id: str, *, timeout: float | None = None) -> None:
+        await self._call("PauseContainer", pb.PauseContainerRequest(container_id=container_id),
+                         pb_empty.Empty, timeout=timeout, container=container_id)
+
+    async def resume_container(self, container_id: str, *, timeout: float | None = None) -> None:
+        await self._call("ResumeContainer", pb.ResumeContainerRequest(container_id=container_id),
+                         pb_empty.Empty, timeout=timeout, container=container_id)
+
+    async def update_container(
+        self, container_id: str, resources: OciMapping, *, timeout: float | None = None
+    ) -> None:
+        request = pb.UpdateContainerRequest(
+            container_id=container_id,
+            resources=from_oci(pb.LinuxResources, resources, "resources"))
+        await self._call("UpdateContainer", request, pb_empty.Empty, timeout=timeout,
+                         container=container_id)
+
+    async def stats_container(
+        self, container_id: str, *, timeout: float | None = None
+    ) -> ContainerStats:
+        response = await self._call(
+            "StatsContainer", pb.StatsContainerRequest(container_id=container_id),
+            pb.StatsContainerResponse, timeout=timeout, container=container_id)
+        cgroup = response.cgroup_stats or pb.CgroupStats()
+        cpu = (cgroup.cpu_stats or pb.CpuStats()).cpu_usage or pb.CpuUsage()
+        memory = (cgroup.memory_stats or pb.MemoryStats()).usage or pb.MemoryData()
+        pids = cgroup.pids_stats or pb.PidsStats()
+        return ContainerStats(cpu_usage_ns=cpu.total_usage, memory_usage_bytes=memory.usage,
+                              pids=pids.current, raw=response.to_dict())
+
+    # -- processes -----------------------------------------------------------------------------
+
+    async def exec_process(
+        self, container_id: str, exec_id: str, process: ProcessSpec, *,
+        timeout: float | None = None,
+    ) -> None:
+        request = pb.ExecProcessRequest(
+            container_id=container_id, exec_id=exec_id,
+            process=from_oci(pb.Process, process.to_oci(), "process"))
+        await self._call("ExecProcess", request, pb_empty.Empty, timeout=timeout,
+                         container=container_id, exec_id=exec_id)
+
+    async def signal_process(
+        self, container_id: str, exec_id: str, signal: int, *, all: bool = False,
+        timeout: float | None = None,
+    ) -> None:
+        request = pb.SignalProcessRequest(container_id=container_id,
+                                          exec_id="" if all else exec_id, signal=int(signal))
+        await self._call("SignalProcess", request, pb_empty.Empty, timeout=timeout,
+                         container=container_id, exec_id=exec_id)
+
+    async def resize_tty(
+        self, container_id: str, exec_id: str, rows: int, cols: int, *,
+        timeout: float | None = None,
+    ) -> None:
+        request = pb.TtyWinResizeRequest(container_id=container_id, exec_id=exec_id, row=rows,
+                                         column=cols)
+        await self._call("TtyWinResize", request, pb_empty.Empty, timeout=timeout,
+                         container=container_id, exec_id=exec_id)
+
+    async def write_stdin(
+        self, container_id: str, exec_id: str, data: bytes, *, timeout: float | None = None
+    ) -> int:
+        request = pb.WriteStreamRequest(container_id=container_id, exec_id=exec_id, data=data)
+        response = await self._call("WriteStdin", request, pb.WriteStreamResponse,
+                                    timeout=timeout, long_poll=True, container=container_id,
+                                    exec_id=exec_id)
+        return response.len
+
+    async def close_stdin(
+        self, container_id: str, exec_id: str, *, timeout: float | None = None
+    ) -> None:
+        await self._call("CloseStdin",
+                         pb.CloseStdinRequest(container_id=container_id, exec_id=exec_id),
+                         pb_empty.Empty, timeout=timeout, container=container_id,
+                         exec_id=exec_id)
+
+    async def read_stdout(
+        self, container_id: str, exec_id: str, size: int, *, timeout: float | None = None
+    ) -> bytes:
+        return await self._read("ReadStdout", container_id, exec_id, size, timeout)
+
+    async def read_stderr(
+        self, container_id: str, exec_id: str, size: int, *, timeout: float | None = None
+    ) -> bytes:
+        return await self._read("ReadStderr", container_id, exec_id, size, timeout)
+
+    async def _read(self, method: str, container_id: str, exec_id: str, size: int,
+                    timeout: float | None) -> bytes:
+        request = pb.ReadStreamRequest(container_id=container_id, exec_id=exec_id, len=size)
+        try:
+            response = await self._call(method, request, pb.ReadStreamResponse,
+                                        timeout=timeout, long_poll=True,
+                                        container=container_id, exec_id=exec_id)
+        except RpcError as exc:
+            if is_end_of_stream(exc):
+                return b""
+            raise
+        if len(response.data) > size:
+            raise _malformed(method, ValueError(f"{len(response.data)} bytes for len {size}"))
+        return response.data
+
+    async def wait_process(
+        self, container_id: str, exec_id: str, *, timeout: float | None = None
+    ) -> int:
+        response = await self._call(
+            "WaitProcess", pb.WaitProcessRequest(container_id=container_id, exec_id=exec_id),
+            pb.WaitProcessResponse, timeout=timeout, long_poll=True, container=container_id,
+            exec_id=exec_id)
+        return response.status
+
+    # -- guest ---------------------------------------------------------------------------------
+
+    async def online_cpu_mem(
+        self, cpus: int, *, cpu_only: bool = False, wait: bool = True,
+        timeout: float | None = None,
+    ) -> None:
+        request = pb.OnlineCpuMemRequest(wait=wait, nb_cpus=cpus, cpu_only=cpu_only)
+        await self._call("OnlineCPUMem", request, pb_empty.Empty, timeout=timeout)
+
+    async def guest_details(self, *, timeout: float | None = None) -> Mapping[str, Any]:
+        request = pb.GuestDetailsRequest(mem_block_size=True, mem_hotplug_probe=True)
+        response = await self._call("GetGuestDetails", request, pb.GuestDetailsResponse,
+                                    timeout=timeout)
+        return response.to_dict()
+
+    async def copy_file(
+        self, path: str, data: bytes, *, mode: int = 0o644, uid: int = 0, gid: int = 0,
+        timeout: float | None = None,
+    ) -> None:
+        # One message per chunk: the frame cap bounds each, the offset orders them.
+        chunk = self.limits.stdin_chunk
+        for offset in range(0, max(len(data), 1), chunk):
+            request = pb.CopyFileRequest(
+                path=path, file_size=len(data), file_mode=mode, dir_mode=0o755, uid=uid,
+                gid=gid, offset=offset, data=data[offset:offset + chunk])
+            await self._call("CopyFile", request, pb_empty.Empty, timeout=timeout)
+
+    async def get_oom_event(self, *, timeout: float | None = None) -> str:
+        response = await self._call("GetOOMEvent", pb.GetOomEventRequest(), pb.OomEvent,
+                                    timeout=timeout, long_poll=True)
+        return response.container_id
+
+    async def list_interfaces(
+        self, *, timeout: float | None = None
+    ) -> Sequence[Mapping[str, Any]]:
+        response = await self._call("ListInterfaces", pb.ListInterfacesRequest(), pb.Interfaces,
+                                    timeout=timeout)
+        return [iface.to_dict() for iface in response.interfaces]
+
+    async def list_routes(self, *, timeout: float | None = None) -> Sequence[Mapping[str, Any]]:
+        response = await self._call("ListRoutes", pb.ListRoutesRequest(), pb.Routes,
+                                    timeout=timeout)
+        return [route.to_dict() for route in response.routes]
+
+    async def get_metrics(self, *, timeout: float | None = None) -> str:
+        response = await self._call("GetMetrics", pb.GetMetricsRequest(), pb.Metrics,
+                                    timeout=timeout)
+        return response.metrics
+
+
+def _malformed(method: str, cause: BaseException) -> AgentError:
+    return ProtocolError(f"malformed response: {cause}", operation=method)
