@@ -1,8 +1,15 @@
-"""A local agent: a real Kata agent protocol server that runs processes on the host.
+"""The local agent: a real Kata agent server (ttrpc on unix sockets) running host processes.
 
-Layer: local agent (may import errors, transports, protocols, generated).
+Layer: local agent. It lets the demo, the examples, the tests — and users' own tests — run
+without VMs. Start it in-process::
 
-``processes`` is the host-process engine (pulled stdio, signals, ptys) and ``containers`` the
-sandbox/container bookkeeping a real agent keeps; the ttrpc service that maps RPCs onto them
-lives beside them.
+    async with LocalAgent() as local:
+        address = await local.serve()
+
+or as a program: ``python -m agentio.localagent --count 4``.
 """
+
+from .server import LocalAgent, private_directory
+from .service import KataService
+
+__all__ = ["KataService", "LocalAgent", "private_directory"]

@@ -1,0 +1,55 @@
+"""``python -m agentio.localagent``: serve local agents until interrupted.
+
+Layer: local agent (command line). Prints one address per line once every socket listens,
+then serves until SIGINT or SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+
+from .server import LocalAgent
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m agentio.localagent",
+                                     description="Serve the Kata agent API from host processes.")
+    parser.add_argument("--dir", help="private directory for the sockets (default: a new "
+                                      "temporary one)")
+    parser.add_argument("--count", type=int, default=1, help="agents (sockets) to serve")
+    parser.add_argument("--wire", choices=("rust", "go"), default="rust",
+                        help="answer like the Rust agent or a Go ttrpc server")
+    parser.add_argument("--eof", choices=("empty", "error"), default="empty",
+                        help="end of output as an empty reply (Kata >= 3.27) or an error")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    return parser
+
+
+async def _serve(args: argparse.Namespace) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with LocalAgent(args.dir, wire_style=args.wire, eof_style=args.eof) as local:
+        for address in await local.serve_many(args.count):
+            print(address, flush=True)
+        await stop.wait()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``agentio-localagent``."""
+    args = _parser().parse_args(argv)
+    if args.count < 1:
+        print("--count must be at least 1", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING)
+    asyncio.run(_serve(args))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
