@@ -1,3 +1,83 @@
-"""agentio: drive the agents inside lightweight VMs (Kata Containers, hyperstart) from asyncio."""
+"""agentio: drive the agents inside lightweight VMs (Kata Containers, hyperstart) from asyncio.
+
+The public API, top down::
+
+    async with await agentio.Sandbox.create("unix:///run/vm/agent.sock") as sandbox:
+        container = await sandbox.create_container(args=["sleep", "infinity"])
+        await container.start()
+        proc = await container.exec(["echo", "hello"])
+        out, err = await proc.communicate()
+
+Layers below it (importable, documented in DEVELOPERS.md): :mod:`agentio.agents` (the
+operation set), :mod:`agentio.protocols` (ttrpc), :mod:`agentio.transports` (addresses and
+dialing), :mod:`agentio.localagent` (a real agent running host processes).
+"""
+
+from .agents import (
+    Agent,
+    AgentType,
+    AgentVersion,
+    ContainerStats,
+    KataAgent,
+    KataConfig,
+    NoopAgent,
+    ProcessSpec,
+    SandboxSpec,
+    default_container_spec,
+    open_agent,
+)
+from .errors import (
+    AgentConnectionError,
+    AgentError,
+    AgentTimeout,
+    ConfigError,
+    ConnectionClosed,
+    DialError,
+    HandshakeError,
+    OutputIncomplete,
+    ProtocolError,
+    RpcError,
+    UnsupportedOperation,
+)
+from .limits import Limits
+from .process import Process
+from .sandbox import Container, Sandbox
+from .streams import InputStream, OutputStream
+from .transports import Address, DialPolicy, parse_address
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "Address",
+    "Agent",
+    "AgentConnectionError",
+    "AgentError",
+    "AgentTimeout",
+    "AgentType",
+    "AgentVersion",
+    "ConfigError",
+    "ConnectionClosed",
+    "Container",
+    "ContainerStats",
+    "DialError",
+    "DialPolicy",
+    "HandshakeError",
+    "InputStream",
+    "KataAgent",
+    "KataConfig",
+    "Limits",
+    "NoopAgent",
+    "OutputIncomplete",
+    "OutputStream",
+    "Process",
+    "ProcessSpec",
+    "ProtocolError",
+    "RpcError",
+    "Sandbox",
+    "SandboxSpec",
+    "UnsupportedOperation",
+    "__version__",
+    "default_container_spec",
+    "open_agent",
+    "parse_address",
+]
