@@ -27,6 +27,7 @@ from .agents.specs import (
     ProcessSpec,
     SandboxSpec,
     default_container_spec,
+    is_terminal,
 )
 from .errors import AgentError
 from .limits import DEFAULT_LIMITS, Limits
@@ -219,12 +220,12 @@ class Container:
                            gid=gid)
         return await self.exec_spec(spec, exec_id=exec_id, timeout=timeout)
 
-    async def exec_spec(self, spec: ProcessSpec, *, exec_id: str | None = None,
+    async def exec_spec(self, spec: ProcessSpec | OciMapping, *, exec_id: str | None = None,
                         timeout: float | None = None) -> Process:
-        """Run the process described by ``spec``."""
+        """Run the process described by ``spec`` (a ProcessSpec or an OCI process mapping)."""
         exec_id = exec_id or _new_id("exec")
         await self._agent.exec_process(self.id, exec_id, spec, timeout=timeout)
-        return self._track(Process(self._agent, self.id, exec_id, terminal=spec.terminal,
+        return self._track(Process(self._agent, self.id, exec_id, terminal=is_terminal(spec),
                                    limits=self.sandbox.limits))
 
     def _track(self, process: Process) -> Process:

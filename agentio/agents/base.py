@@ -122,10 +122,13 @@ class Agent(abc.ABC):
 
     @abc.abstractmethod
     async def exec_process(
-        self, container_id: str, exec_id: str, process: ProcessSpec, *,
+        self, container_id: str, exec_id: str, process: ProcessSpec | OciMapping, *,
         timeout: float | None = None,
     ) -> None:
-        """Start another process in a running container."""
+        """Start another process in a running container.
+
+        ``process`` is a :class:`ProcessSpec` or a full OCI ``process`` mapping.
+        """
 
     @abc.abstractmethod
     async def signal_process(

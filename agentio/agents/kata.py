@@ -22,7 +22,14 @@ from ..proto.kata.google import protobuf as pb_empty
 from .agent_type import AgentType
 from .base import Agent
 from .oci import from_oci
-from .specs import AgentVersion, ContainerStats, OciMapping, ProcessSpec, SandboxSpec
+from .specs import (
+    AgentVersion,
+    ContainerStats,
+    OciMapping,
+    ProcessSpec,
+    SandboxSpec,
+    process_to_oci,
+)
 
 R = TypeVar("R", bound=betterproto2.Message)
 
@@ -179,12 +186,12 @@ class KataAgent(Agent):
     # -- processes -----------------------------------------------------------------------------
 
     async def exec_process(
-        self, container_id: str, exec_id: str, process: ProcessSpec, *,
+        self, container_id: str, exec_id: str, process: ProcessSpec | OciMapping, *,
         timeout: float | None = None,
     ) -> None:
         request = pb.ExecProcessRequest(
             container_id=container_id, exec_id=exec_id,
-            process=from_oci(pb.Process, process.to_oci(), "process"))
+            process=from_oci(pb.Process, process_to_oci(process), "process"))
         await self._call("ExecProcess", request, pb_empty.Empty, timeout=timeout,
                          container=container_id, exec_id=exec_id)
 

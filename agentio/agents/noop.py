@@ -73,7 +73,7 @@ class NoopAgent(Agent):
         return b""
 
     async def exec_process(
-        self, container_id: str, exec_id: str, process: ProcessSpec, *,
+        self, container_id: str, exec_id: str, process: ProcessSpec | OciMapping, *,
         timeout: float | None = None,
     ) -> None:
         return None

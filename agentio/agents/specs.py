@@ -35,18 +35,34 @@ class ProcessSpec:
         """The OCI runtime-spec ``process`` object for this process."""
         process: dict[str, Any] = {
             "terminal": self.terminal,
-            "user": {"uid": self.uid, "gid": self.gid},
             "args": list(self.args),
             "env": list(self.env),
             "cwd": self.cwd,
             "noNewPrivileges": self.no_new_privileges,
         }
-        if self.additional_gids:
-            process["user"]["additionalGids"] = list(self.additional_gids)
+        if self.uid or self.gid or self.additional_gids:
+            # root with no extra groups is the agent's default: sent as no user at all
+            process["user"] = {"uid": self.uid, "gid": self.gid}
+            if self.additional_gids:
+                process["user"]["additionalGids"] = list(self.additional_gids)
         if self.terminal and self.console_size:
             rows, cols = self.console_size
             process["consoleSize"] = {"height": rows, "width": cols}
         return process
+
+
+def process_to_oci(process: ProcessSpec | OciMapping) -> dict[str, Any]:
+    """An OCI ``process`` object from a :class:`ProcessSpec` or an OCI mapping given as is."""
+    if isinstance(process, ProcessSpec):
+        return process.to_oci()
+    return dict(process)
+
+
+def is_terminal(process: ProcessSpec | OciMapping) -> bool:
+    """Whether the process runs on a terminal."""
+    if isinstance(process, ProcessSpec):
+        return process.terminal
+    return bool(process.get("terminal", False))
 
 
 def default_container_spec(

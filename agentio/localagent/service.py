@@ -280,7 +280,8 @@ class KataService:
         return pb_empty.Empty()
 
     def _guest_path(self, path: str) -> Path:
-        relative = Path(os.path.normpath("/" + path)).relative_to("/")
+        # normpath folds "..": an absolute path cannot climb above the guest root
+        relative = Path(os.path.normpath(path).lstrip("/"))
         if not path.startswith("/") or not relative.parts:
             raise InvalidArgument(f"CopyFile needs an absolute file path, not {path!r}")
         return self.guest_root / "rootfs" / relative
