@@ -79,6 +79,7 @@ class SelectorTransport(asyncio.Transport):
         self._reading = False
         self._reading_paused = False
         self._eof_requested = False
+        self._eof_seen = False  # the peer shut its side: nothing more to read, ever
         self._writing_paused = False
 
     def start(self, initial_data: bytes = b"") -> None:
@@ -91,7 +92,7 @@ class SelectorTransport(asyncio.Transport):
     # --- reading -------------------------------------------------------------------------
 
     def is_reading(self) -> bool:
-        return not self._reading_paused and not self._closing
+        return not (self._reading_paused or self._closing or self._eof_seen)
 
     def pause_reading(self) -> None:
         self._reading_paused = True
@@ -136,7 +137,7 @@ class SelectorTransport(asyncio.Transport):
             self._eof_received()
 
     def _eof_received(self) -> None:
-        self._reading_paused = True
+        self._eof_seen = True
         self._update_reader()
         eof_received = getattr(self._protocol, "eof_received", None)
         keep_open = eof_received is not None and self._call_protocol(eof_received)

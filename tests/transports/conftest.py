@@ -140,7 +140,9 @@ class SocketRecorder:
         return sock
 
     def all_closed(self) -> bool:
-        return all(sock.fileno() == -1 for sock in self.sockets)
+        # uvloop marks the socket object closed at once but hands the fd to libuv, which
+        # releases it a loop iteration later: either state means our code closed it.
+        return all(sock.fileno() == -1 or getattr(sock, "_closed", False) for sock in self.sockets)
 
 
 @pytest.fixture
@@ -157,6 +159,7 @@ class _Recorder:
         self.data = bytearray()
         self.transport: Any = None
         self.lost: asyncio.Future[BaseException | None] = asyncio.get_running_loop().create_future()
+        self.eof: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._wanted: tuple[int, asyncio.Future[None]] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -170,6 +173,8 @@ class _Recorder:
 
     def eof_received(self) -> bool:
         self.events.append("eof")
+        if not self.eof.done():
+            self.eof.set_result(None)
         return self.keep_open
 
     def connection_lost(self, exc: BaseException | None) -> None:

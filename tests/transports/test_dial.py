@@ -214,7 +214,9 @@ async def test_hvsock_silent_vmm_times_out_retries_then_fails(
         await dial(vmm.address, policy, socket_factory=recorder)
     assert isinstance(info.value.__cause__, AgentTimeout)
     assert "no reply to CONNECT 1024" in str(info.value)
-    assert 2 <= len(recorder.sockets) == len(vmm.requests)
+    assert len(recorder.sockets) >= 2
+    # The VMM may not have logged the very last CONNECT yet; all earlier ones it has.
+    assert len(recorder.sockets) - 1 <= len(vmm.requests) <= len(recorder.sockets)
     assert recorder.all_closed()
 
 
@@ -237,8 +239,10 @@ async def test_hvsock_always_closing_ends_with_handshake_closed(
     policy = DialPolicy(budget=0.1, backoff_initial=0.01, backoff_max=0.01)
     with pytest.raises(DialError) as info:
         await dial(vmm.address, policy)
-    # Depending on timing the client sees EOF or a reset: both mean "VMM hung up".
-    assert isinstance(info.value.__cause__, HandshakeClosed | ConnectionError)
+    # Depending on timing the client sees EOF or a reset: both mean "VMM hung up". The budget
+    # may also run out during the last attempt's reply wait, which then ends as a timeout.
+    assert isinstance(info.value.__cause__, HandshakeClosed | ConnectionError | AgentTimeout)
+    assert "budget spent" in str(info.value)
     assert len(vmm.requests) > 1
 
 

@@ -110,10 +110,12 @@ async def test_peer_eof_closes_unless_kept_open(pair: Callable[..., Pair]) -> No
 
     transport, protocol, peer = pair(keep_open=True)
     peer.shutdown(socket.SHUT_WR)
-    await protocol.wait_for(0)
+    await protocol.eof
+    transport.resume_reading()  # must not read (and report) the EOF again
     transport.write(b"after eof")
     assert await recv_all(peer, 9) == b"after eof"
-    assert not transport.is_closing() or protocol.events[-1] != "lost"
+    assert protocol.events.count("eof") == 1
+    assert not transport.is_closing() and not transport.is_reading()
 
 
 async def test_pause_and_resume_reading(pair: Callable[..., Pair]) -> None:
