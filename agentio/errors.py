@@ -93,6 +93,15 @@ class FrameTooLarge(ProtocolError):
     """A frame or message is larger than the configured limit."""
 
 
+class YamuxError(ProtocolError):
+    """The yamux peer broke the protocol (bad header, window exceeded, unknown stream, …).
+
+    ``go_away_code`` is the yamux GoAway code to send before tearing the session down.
+    """
+
+    go_away_code: ClassVar[int] = 1
+
+
 # --- time ---------------------------------------------------------------------------------
 
 
