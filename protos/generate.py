@@ -47,6 +47,10 @@ TARGETS: dict[str, Target] = {
         name="kata",
         description="Kata agent API, Kata 2.x-4.x (ttrpc): kata-containers 3.29.0 protos.",
     ),
+    "kata1": Target(
+        name="kata1",
+        description="Kata 1.x agent API (gRPC, direct or over yamux): kata-containers/agent.",
+    ),
 }
 
 
