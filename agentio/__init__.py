@@ -26,6 +26,7 @@ from .agents import (
     default_container_spec,
     open_agent,
 )
+from .agents.specs import DEFAULT_PATH_ENV
 from .errors import (
     AgentConnectionError,
     AgentError,
@@ -48,6 +49,7 @@ from .transports import Address, DialPolicy, parse_address
 __version__ = "0.1.0"
 
 __all__ = [
+    "DEFAULT_PATH_ENV",
     "Address",
     "Agent",
     "AgentConnectionError",

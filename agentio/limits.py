@@ -27,6 +27,8 @@ class Limits:
         stdin_buffer: bytes ``stdin.write()`` queues before ``drain()`` blocks.
         drain_timeout: after the exit status arrives, how long output may still take to
             reach end of stream (a background child can hold stdout open forever).
+        teardown_timeout: bound on one teardown (closing a process, removing a container,
+            destroying a sandbox), which runs to its end even if the caller was cancelled.
     """
 
     max_message: int = 4 * MIB
@@ -36,6 +38,7 @@ class Limits:
     stdin_chunk: int = 1 * MIB
     stdin_buffer: int = 1 * MIB
     drain_timeout: float = 5.0
+    teardown_timeout: float = 30.0
 
     def __post_init__(self) -> None:
         for name in ("max_message", "max_pending_calls", "stdout_buffer", "read_chunk",
@@ -46,6 +49,8 @@ class Limits:
             raise ConfigError("Limits.stdin_chunk must leave room for the envelope in max_message")
         if self.drain_timeout < 0:
             raise ConfigError("Limits.drain_timeout must not be negative")
+        if not self.teardown_timeout > 0:
+            raise ConfigError("Limits.teardown_timeout must be positive")
 
 
 DEFAULT_LIMITS = Limits()

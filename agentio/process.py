@@ -25,6 +25,7 @@ from .agents.base import Agent
 from .errors import AgentError, OutputIncomplete, ProtocolError
 from .limits import Limits
 from .streams import InputStream, OutputStream
+from .teardown import shielded_teardown
 
 log = logging.getLogger(__name__)
 
@@ -192,8 +193,14 @@ class Process:
         """Stop every task serving the process. Idempotent.
 
         With ``kill`` (the default) a process that still runs is killed first; either way its
-        exit is awaited for at most ``Limits.drain_timeout``.
+        exit is awaited for at most ``Limits.drain_timeout``. Runs to its end even inside an
+        expired cancel scope (bounded by ``Limits.teardown_timeout``).
         """
+        async with shielded_teardown(self._limits.teardown_timeout, "close",
+                                     container=self.container_id, exec=self.exec_id):
+            await self._close(kill)
+
+    async def _close(self, kill: bool) -> None:
         if not self._exited.is_set() and self._watcher is not None:
             if kill:
                 with contextlib.suppress(AgentError):

@@ -32,6 +32,7 @@ from .agents.specs import (
 from .errors import AgentError
 from .limits import DEFAULT_LIMITS, Limits
 from .process import Process
+from .teardown import shielded_teardown
 
 log = logging.getLogger(__name__)
 
@@ -102,20 +103,26 @@ class Sandbox:
         self._started = True
 
     async def destroy(self, *, timeout: float | None = None) -> None:
-        """Stop the sandbox (every container in it) and disconnect. Idempotent."""
+        """Stop the sandbox (every container in it) and disconnect. Idempotent.
+
+        Runs to its end even inside an expired cancel scope, bounded by
+        ``Limits.teardown_timeout``.
+        """
         if self._destroyed:
             return
         self._destroyed = True
-        try:
-            if self._started:
-                await self.agent.stop_sandbox(self.id, timeout=timeout)
-        finally:
+        async with shielded_teardown(self.limits.teardown_timeout, "destroy_sandbox",
+                                     sandbox=self.id):
             try:
-                for container in list(self.containers.values()):
-                    await container._close_processes()
+                if self._started:
+                    await self.agent.stop_sandbox(self.id, timeout=timeout)
             finally:
-                self.containers.clear()
-                await self.agent.disconnect()
+                try:
+                    for container in list(self.containers.values()):
+                        await container._close_processes()
+                finally:
+                    self.containers.clear()
+                    await self.agent.disconnect()
 
     async def __aenter__(self) -> Sandbox:
         return self
@@ -267,15 +274,20 @@ class Container:
         self.processes.clear()
 
     async def remove(self, *, timeout: float | None = None) -> None:
-        """Stop the container (killing its processes) and forget it. Idempotent."""
+        """Stop the container (killing its processes) and forget it. Idempotent.
+
+        Like :meth:`Sandbox.destroy`, runs to its end even when the caller was cancelled.
+        """
         if self._removed:
             return
         self._removed = True
-        try:
-            await self._agent.stop_container(self.id, timeout=timeout)
-        finally:
-            await self._close_processes()
-            self.sandbox.containers.pop(self.id, None)
+        async with shielded_teardown(self.sandbox.limits.teardown_timeout, "remove_container",
+                                     sandbox=self.sandbox.id, container=self.id):
+            try:
+                await self._agent.stop_container(self.id, timeout=timeout)
+            finally:
+                await self._close_processes()
+                self.sandbox.containers.pop(self.id, None)
 
     async def __aenter__(self) -> Container:
         return self

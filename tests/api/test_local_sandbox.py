@@ -205,6 +205,23 @@ async def test_anyio_task_group_and_cancel_scope(address: str) -> None:
         assert await proc.wait() == 128 + signal.SIGTERM
 
 
+async def test_teardown_in_an_expired_cancel_scope_still_runs_to_its_end(address: str) -> None:
+    # An expired anyio scope cancels every later await in it; closing must still kill, reap
+    # and stop its tasks, and a sandbox left inside such a scope must still be destroyed.
+    tasks_before = asyncio.all_tasks()
+    with anyio.move_on_after(0.1) as outer:
+        sandbox = await _sandbox(address)
+        async with sandbox:
+            container = await sandbox.create_container()
+            await container.start()
+            async with await container.exec(["sleep", "1000"]) as proc:
+                await proc.wait()
+    assert outer.cancelled_caught
+    assert proc.returncode == 128 + signal.SIGKILL
+    assert sandbox.containers == {}
+    assert asyncio.all_tasks() - tasks_before == set()
+
+
 @pytest.mark.parametrize("eof_style", ["empty", "error"])
 @pytest.mark.parametrize("wire_style", ["rust", "go"])
 async def test_both_eof_forms_and_both_ok_forms(
