@@ -12,6 +12,7 @@ import logging
 import signal
 import sys
 
+from .hyperstart import LocalHyperstart
 from .server import LocalAgent
 
 
@@ -25,6 +26,9 @@ def _parser() -> argparse.ArgumentParser:
                         help="answer like the Rust agent or a Go ttrpc server")
     parser.add_argument("--eof", choices=("empty", "error"), default="empty",
                         help="end of output as an empty reply (Kata >= 3.27) or an error")
+    parser.add_argument("--agent", choices=("kata", "hyperstart"), default="kata",
+                        help="serve the Kata agent API, or hyperstart (two sockets per guest, "
+                             "printed as 'CTL TTY')")
     parser.add_argument("-v", "--verbose", action="store_true")
     return parser
 
@@ -34,6 +38,13 @@ async def _serve(args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    if args.agent == "hyperstart":
+        async with LocalHyperstart(args.dir) as hyperstart:
+            for _ in range(args.count):
+                ctl, tty = await hyperstart.serve()
+                print(ctl, tty, flush=True)
+            await stop.wait()
+        return
     async with LocalAgent(args.dir, wire_style=args.wire, eof_style=args.eof) as local:
         for address in await local.serve_many(args.count):
             print(address, flush=True)
