@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -101,6 +102,10 @@ def _settle(args: argparse.Namespace) -> None:
         raise SystemExit("--sockets, --clients-per-socket and --stdio-mib must be positive")
 
 
+def _interrupted(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; 0 on success."""
     args = _parser().parse_args(argv)
@@ -108,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     loops = loop_factories(args.loop)
     logging.basicConfig(level=logging.WARNING)
     machine = machine_info()
+    signal.signal(signal.SIGTERM, _interrupted)  # unwind through the finally that stops children
     runs: list[LoopRun] = []
     workdir = Path(tempfile.mkdtemp(prefix="agentio-bench-"))
     children: list[Child] = []
@@ -146,4 +152,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    try:
+        raise SystemExit(main())
+    except KeyboardInterrupt:
+        print("interrupted; child processes stopped", file=sys.stderr)
+        raise SystemExit(130) from None
