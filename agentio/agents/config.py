@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from typing import Any, TypeVar
 
 from ..errors import ConfigError
-from ..transports import DialPolicy
+from ..transports import Address, DialPolicy, parse_address
 
 C = TypeVar("C")
 
@@ -40,6 +40,70 @@ class KataConfig:
             value = getattr(self, field.name)
             if not (math.isfinite(value) and value > 0):
                 raise ConfigError(f"kata config: {field.name} must be a positive number")
+
+    def dial_policy(self) -> DialPolicy:
+        """The transport's dial policy for these settings."""
+        return DialPolicy(budget=self.dial_timeout,
+                          attempt_timeout=min(self.dial_attempt_timeout, self.dial_timeout),
+                          handshake_timeout=self.handshake_timeout)
+
+
+HYPERSTART_CTL_PORT = 2718
+HYPERSTART_TTY_PORT = 2719
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class HyperstartConfig:
+    """Settings of a hyperstart agent connection.
+
+    The address given to :func:`~agentio.agents.open_agent` (or ``Sandbox.create``) is the
+    **ctl** channel; ``tty_address`` is the tty channel. Left empty, it is derived from a
+    ``vsock://CID:PORT`` or ``hvsock://PATH:PORT`` ctl address as the same CID / VMM socket on
+    port 2719 (hyperstart's vsock ports are 2718 for ctl and 2719 for tty); a ``unix://`` ctl
+    address needs it set.
+
+    Attributes:
+        tty_address: the tty channel's address URL.
+        wait_ready: expect the READY the guest sends once at boot; ``False`` to reconnect to a
+            running guest (which sends none).
+        ready_timeout: bound on the READY wait, seconds.
+        call_timeout: default deadline of ordinary commands, seconds.
+        dial_timeout, dial_attempt_timeout, handshake_timeout: as for :class:`KataConfig`.
+        share_dir: the 9p tag STARTPOD names as ``shareDir`` (empty: none). A tag the guest
+            cannot mount makes the real agent power the VM off.
+    """
+
+    tty_address: str = ""
+    wait_ready: bool = True
+    ready_timeout: float = 30.0
+    call_timeout: float = 60.0
+    dial_timeout: float = 30.0
+    dial_attempt_timeout: float = 5.0
+    handshake_timeout: float = 5.0
+    share_dir: str = ""
+
+    def __post_init__(self) -> None:
+        for name in ("ready_timeout", "call_timeout", "dial_timeout", "dial_attempt_timeout",
+                     "handshake_timeout"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ConfigError(f"hyperstart config: {name} must be a positive number")
+        if self.tty_address:
+            parse_address(self.tty_address)
+        if "\0" in self.share_dir:
+            raise ConfigError("hyperstart config: share_dir contains a NUL character")
+
+    def tty_for(self, ctl: Address) -> Address:
+        """The tty channel's address for this ``ctl`` address."""
+        if self.tty_address:
+            return parse_address(self.tty_address)
+        if ctl.scheme == "vsock":
+            assert ctl.cid is not None
+            return Address.vsock(ctl.cid, HYPERSTART_TTY_PORT)
+        if ctl.scheme == "hvsock":
+            assert ctl.path is not None
+            return Address.hvsock(ctl.path, HYPERSTART_TTY_PORT)
+        raise ConfigError("hyperstart config: tty_address is required with a unix ctl address")
 
     def dial_policy(self) -> DialPolicy:
         """The transport's dial policy for these settings."""
