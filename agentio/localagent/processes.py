@@ -232,11 +232,12 @@ class _InputStream:
     def __init__(self, fd: int, *, pty: bool) -> None:
         self._fd = _Fd(fd, write=True)
         self._pty = pty
+        self._eof_sent = False  # pty only: input ended by VEOF, fd kept until release
         self._lock = asyncio.Lock()
 
     @property
     def closed(self) -> bool:
-        return self._fd.fd < 0
+        return self._eof_sent or self._fd.fd < 0
 
     async def write(self, data: bytes) -> int:
         if not data:
@@ -251,7 +252,7 @@ class _InputStream:
         return len(data)
 
     def _write_some(self, view: memoryview) -> int:
-        if self._fd.fd < 0:
+        if self.closed:
             raise StdinClosed("stdin is closed")
         try:
             return os.write(self._fd.fd, view)
@@ -263,9 +264,19 @@ class _InputStream:
             raise StreamError(f"write failed: {exc.strerror}") from exc
 
     def close(self) -> None:
-        """Close stdin. On a pty the child sees end of input through the VEOF character."""
-        if self._pty and self._fd.fd >= 0:
+        """Close stdin. On a pty the child sees end of input through the VEOF character.
+
+        The pty master fd itself stays open until :meth:`release`: closing it right after
+        the VEOF sometimes got the child a SIGHUP before it had read the VEOF.
+        """
+        if not self._pty:
+            self._fd.close()
+        elif not self.closed:
             self._send_veof(self._fd.fd)
+            self._eof_sent = True
+
+    def release(self) -> None:
+        """Close the fd for good."""
         self._fd.close()
 
     @staticmethod
@@ -493,7 +504,7 @@ class HostProcess:
         Reads in flight complete normally and close their fd when they return; later reads
         return b"". The process itself is not touched.
         """
-        self._stdin.close()
+        self._stdin.release()
         self._stdout.release()
         self._stderr.release()
 
@@ -517,7 +528,7 @@ class HostProcess:
         return status
 
     def _close_all(self) -> None:
-        self._stdin.close()
+        self._stdin.release()
         self._stdout.close()
         self._stderr.close()
 

@@ -146,10 +146,16 @@ async def test_cwd_from_spec_when_it_exists(sandbox: LocalSandbox, tmp_path: Pat
 
 
 async def test_private_workdir_when_cwd_is_missing(sandbox: LocalSandbox) -> None:
-    ctr = sandbox.create_container("c1", spec(["pwd"], cwd="/no/such/dir/in/host"))
+    # The init process stays up (exec cat) so the container is still running for the exec.
+    ctr = sandbox.create_container(
+        "c1", spec(["sh", "-c", "pwd; exec cat"], cwd="/no/such/dir/in/host"))
     workdir = ctr.workdir
     assert Path(workdir).is_dir()  # noqa: ASYNC240 - a local stat in a test
-    assert await read_all(ctr.start().read_stdout) == f"{workdir}\n".encode()
+    expected = f"{workdir}\n".encode()
+    init, seen = ctr.start(), b""
+    while len(seen) < len(expected) and (chunk := await init.read_stdout(65536)):
+        seen += chunk
+    assert seen == expected
     # An exec'd process with a missing cwd lands there too.
     other = ctr.exec_process("e1", {"args": ["pwd"], "cwd": "/also/missing"})
     assert await read_all(other.read_stdout) == f"{workdir}\n".encode()
@@ -254,13 +260,14 @@ async def test_pause_stops_progress_and_resume_restores_it(sandbox: LocalSandbox
 
 
 async def test_pids_and_stats_are_real(sandbox: LocalSandbox) -> None:
-    burn = "i=0; while [ $i -lt 300000 ]; do i=$((i+1)); done; sleep 1000 & echo $!; cat"
+    # `exec cat`: no fork after the echo, so the process set is stable while we look.
+    burn = "i=0; while [ $i -lt 300000 ]; do i=$((i+1)); done; sleep 1000 & echo $!; exec cat"
     ctr = sandbox.create_container("c1", spec(["sh", "-c", burn]))
     init = ctr.start()
     sleeper = int(await init.read_stdout(100))
     assert set(ctr.pids()) >= {init.pid, sleeper}
     stats = ctr.stats()
-    assert stats.pids == len(ctr.pids()) >= 2  # sh (or cat it became) and sleep
+    assert stats.pids == len(ctr.pids()) == 2  # cat (the shell it became) and sleep
     assert stats.cpu_ns == stats.user_ns + stats.system_ns
     assert stats.cpu_ns >= 10_000_000  # the shell loop burnt at least one clock tick
     assert 100 * 1024 < stats.rss_bytes < 1 << 32
