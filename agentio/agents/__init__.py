@@ -12,12 +12,14 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..limits import DEFAULT_LIMITS, Limits
+from ..protocols.grpc import GrpcClient
 from ..protocols.ttrpc import TtrpcClient
 from ..transports import Address, connect, parse_address
 from .agent_type import AgentType
 from .base import Agent
 from .config import KataConfig, decode_config
 from .kata import KataAgent
+from .kata1 import Kata1Agent
 from .noop import NoopAgent
 from .specs import (
     AgentVersion,
@@ -32,6 +34,7 @@ __all__ = [
     "AgentType",
     "AgentVersion",
     "ContainerStats",
+    "Kata1Agent",
     "KataAgent",
     "KataConfig",
     "NoopAgent",
@@ -62,20 +65,48 @@ def open_agent(
     if address is None:
         raise ConfigError(f"the {kind} agent needs an address")
     target = parse_address(address) if isinstance(address, str) else address
-    if kind is AgentType.KATA:
-        settings = decode_config(KataConfig, config, what="kata")
+    if kind in (AgentType.KATA, AgentType.KATA1):
+        settings = decode_config(KataConfig, config, what=str(kind))
         policy = settings.dial_policy()
 
         def connector(factory: Any) -> Any:
             return connect(target, factory, policy)
 
+        if kind is AgentType.KATA1:  # gRPC (HTTP/2) instead of ttrpc, 1.x messages
+            grpc = GrpcClient(connector, max_message=limits.max_message,
+                              max_pending=limits.max_pending_calls)
+            return Kata1Agent(grpc, sandbox_id=sandbox_id, call_timeout=settings.call_timeout,
+                              limits=limits)
         channel = TtrpcClient(connector, max_payload=limits.max_message,
                               max_pending=limits.max_pending_calls)
         return KataAgent(channel, sandbox_id=sandbox_id, call_timeout=settings.call_timeout,
                          limits=limits)
+    if kind is AgentType.HYPERSTART:
+        return _open_hyperstart(target, sandbox_id, config, limits)
     raise ConfigError(f"the {kind} agent is not available in this version")
 
 
 @dataclasses.dataclass(frozen=True)
 class _NoConfig:
     """The noop agent takes no settings."""
+
+
+def _open_hyperstart(target: Address, sandbox_id: str, config: Mapping[str, Any] | None,
+                     limits: Limits) -> Agent:
+    """hyperstart: ``target`` is the ctl channel, the config names (or implies) the tty one."""
+    from ..protocols.hyperstart.client import HyperstartClient
+    from .config import HyperstartConfig
+    from .hyperstart import HyperstartAgent
+
+    settings = decode_config(HyperstartConfig, config, what="hyperstart")
+    tty, policy = settings.tty_for(target), settings.dial_policy()
+
+    def dial(address: Address) -> Any:
+        return lambda factory: connect(address, factory, policy)
+
+    client = HyperstartClient(dial(target), dial(tty), wait_ready=settings.wait_ready,
+                              ready_timeout=settings.ready_timeout,
+                              max_payload=limits.max_message,
+                              output_buffer=limits.stdout_buffer)
+    return HyperstartAgent(client, sandbox_id=sandbox_id, call_timeout=settings.call_timeout,
+                           share_dir=settings.share_dir, limits=limits)

@@ -16,6 +16,7 @@ class AgentType(enum.Enum):
     NOOP = "noop"
     HYPERSTART = "hyperstart"
     KATA = "kata"
+    KATA1 = "kata1"
 
     @classmethod
     def parse(cls, value: str | AgentType) -> AgentType:

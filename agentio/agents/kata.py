@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any, Protocol, TypeVar
+from typing import Any, ClassVar, Protocol, TypeVar
 
 import betterproto2
 
@@ -58,9 +58,18 @@ class KataAgent(Agent):
             connects lazily on the first call).
         sandbox_id: named in every error this agent raises.
         call_timeout: default deadline of ordinary calls, in seconds.
+
+    Every operation is written once, here, against the generation's message module
+    (``_pb``); an adapter for another API generation (:class:`~agentio.agents.kata1.Kata1Agent`)
+    swaps the module and the few requests that differ, and reuses the call path.
     """
 
     agent_type = AgentType.KATA
+    # The generated messages of this API generation: classes of the same names in each.
+    _pb = pb
+    _pb_empty = pb_empty
+    # CheckRequest.service of a Version call, as this generation's own client fills it.
+    _version_service: ClassVar[str] = AGENT_SERVICE
 
     def __init__(
         self, channel: RpcChannel, *, sandbox_id: str = "",
@@ -72,7 +81,7 @@ class KataAgent(Agent):
         self.call_timeout = call_timeout
 
     def __repr__(self) -> str:
-        return f"<KataAgent sandbox={self.sandbox_id or '?'}>"
+        return f"<{type(self).__name__} sandbox={self.sandbox_id or '?'}>"
 
     # -- the one call path ---------------------------------------------------------------------
 
@@ -95,6 +104,18 @@ class KataAgent(Agent):
             raise _malformed(method, exc).add_context(
                 sandbox=self.sandbox_id, container=container, exec=exec_id) from exc
 
+    async def _ack(
+        self, method: str, request: betterproto2.Message, *, timeout: float | None,
+        container: str | None = None, exec_id: str | None = None,
+    ) -> None:
+        """A call answered with ``google.protobuf.Empty``."""
+        await self._call(method, request, self._pb_empty.Empty, timeout=timeout,
+                         container=container, exec_id=exec_id)
+
+    def _oci_process(self, process: ProcessSpec | OciMapping) -> dict[str, Any]:
+        """The OCI ``process`` object sent for ``process``: a hook for what generations add."""
+        return process_to_oci(process)
+
     def _bound(self, timeout: float | None, long_poll: bool) -> float | None:
         if timeout is None:
             return None if long_poll else self.call_timeout
@@ -103,16 +124,17 @@ class KataAgent(Agent):
     # -- connection ----------------------------------------------------------------------------
 
     async def check(self, *, timeout: float | None = None) -> None:
-        response = await self._call("Check", pb.CheckRequest(), pb.HealthCheckResponse,
-                                    timeout=timeout, service=HEALTH_SERVICE)
-        if response.status != pb.HealthCheckResponseServingStatus.SERVING:
+        response = await self._call("Check", self._pb.CheckRequest(),
+                                    self._pb.HealthCheckResponse, timeout=timeout,
+                                    service=HEALTH_SERVICE)
+        if response.status != self._pb.HealthCheckResponseServingStatus.SERVING:
             raise AgentError(f"agent is {response.status.name}", operation="Check",
                              sandbox=self.sandbox_id)
 
     async def version(self, *, timeout: float | None = None) -> AgentVersion:
-        response = await self._call("Version", pb.CheckRequest(service=AGENT_SERVICE),
-                                    pb.VersionCheckResponse, timeout=timeout,
-                                    service=HEALTH_SERVICE)
+        request = self._pb.CheckRequest(service=self._version_service)
+        response = await self._call("Version", request, self._pb.VersionCheckResponse,
+                                    timeout=timeout, service=HEALTH_SERVICE)
         return AgentVersion(agent_version=response.agent_version,
                             api_version=response.grpc_version)
 
@@ -125,61 +147,60 @@ class KataAgent(Agent):
         """Nothing to do in the guest yet: Kata creates the sandbox when it starts."""
 
     async def start_sandbox(self, spec: SandboxSpec, *, timeout: float | None = None) -> None:
-        request = pb.CreateSandboxRequest(
+        request = self._pb.CreateSandboxRequest(
             hostname=spec.hostname, dns=list(spec.dns), sandbox_pidns=spec.sandbox_pidns,
             sandbox_id=spec.sandbox_id, guest_hook_path=spec.guest_hook_path,
-            kernel_modules=[pb.KernelModule(name=name) for name in spec.kernel_modules])
-        await self._call("CreateSandbox", request, pb_empty.Empty, timeout=timeout)
+            kernel_modules=[self._pb.KernelModule(name=name) for name in spec.kernel_modules])
+        await self._ack("CreateSandbox", request, timeout=timeout)
 
     async def stop_sandbox(self, sandbox_id: str, *, timeout: float | None = None) -> None:
-        await self._call("DestroySandbox", pb.DestroySandboxRequest(), pb_empty.Empty,
-                         timeout=timeout)
+        await self._ack("DestroySandbox", self._pb.DestroySandboxRequest(), timeout=timeout)
 
     # -- containers ----------------------------------------------------------------------------
 
     async def create_container(
         self, container_id: str, spec: OciMapping, *, timeout: float | None = None
     ) -> None:
-        request = pb.CreateContainerRequest(container_id=container_id, exec_id=container_id,
-                                            oci=from_oci(pb.Spec, spec))
-        await self._call("CreateContainer", request, pb_empty.Empty, timeout=timeout,
-                         container=container_id)
+        if "process" in spec:
+            spec = {**spec, "process": self._oci_process(spec["process"])}
+        request = self._pb.CreateContainerRequest(
+            container_id=container_id, exec_id=container_id, oci=from_oci(self._pb.Spec, spec))
+        await self._ack("CreateContainer", request, timeout=timeout, container=container_id)
 
     async def start_container(self, container_id: str, *, timeout: float | None = None) -> None:
-        await self._call("StartContainer", pb.StartContainerRequest(container_id=container_id),
-                         pb_empty.Empty, timeout=timeout, container=container_id)
+        request = self._pb.StartContainerRequest(container_id=container_id)
+        await self._ack("StartContainer", request, timeout=timeout, container=container_id)
 
     async def stop_container(self, container_id: str, *, timeout: float | None = None) -> None:
-        await self._call("RemoveContainer", pb.RemoveContainerRequest(container_id=container_id),
-                         pb_empty.Empty, timeout=timeout, container=container_id)
+        request = self._pb.RemoveContainerRequest(container_id=container_id)
+        await self._ack("RemoveContainer", request, timeout=timeout, container=container_id)
 
     async def pause_container(self, container_id: str, *, timeout: float | None = None) -> None:
-        await self._call("PauseContainer", pb.PauseContainerRequest(container_id=container_id),
-                         pb_empty.Empty, timeout=timeout, container=container_id)
+        request = self._pb.PauseContainerRequest(container_id=container_id)
+        await self._ack("PauseContainer", request, timeout=timeout, container=container_id)
 
     async def resume_container(self, container_id: str, *, timeout: float | None = None) -> None:
-        await self._call("ResumeContainer", pb.ResumeContainerRequest(container_id=container_id),
-                         pb_empty.Empty, timeout=timeout, container=container_id)
+        request = self._pb.ResumeContainerRequest(container_id=container_id)
+        await self._ack("ResumeContainer", request, timeout=timeout, container=container_id)
 
     async def update_container(
         self, container_id: str, resources: OciMapping, *, timeout: float | None = None
     ) -> None:
-        request = pb.UpdateContainerRequest(
+        request = self._pb.UpdateContainerRequest(
             container_id=container_id,
-            resources=from_oci(pb.LinuxResources, resources, "resources"))
-        await self._call("UpdateContainer", request, pb_empty.Empty, timeout=timeout,
-                         container=container_id)
+            resources=from_oci(self._pb.LinuxResources, resources, "resources"))
+        await self._ack("UpdateContainer", request, timeout=timeout, container=container_id)
 
     async def stats_container(
         self, container_id: str, *, timeout: float | None = None
     ) -> ContainerStats:
         response = await self._call(
-            "StatsContainer", pb.StatsContainerRequest(container_id=container_id),
-            pb.StatsContainerResponse, timeout=timeout, container=container_id)
-        cgroup = response.cgroup_stats or pb.CgroupStats()
-        cpu = (cgroup.cpu_stats or pb.CpuStats()).cpu_usage or pb.CpuUsage()
-        memory = (cgroup.memory_stats or pb.MemoryStats()).usage or pb.MemoryData()
-        pids = cgroup.pids_stats or pb.PidsStats()
+            "StatsContainer", self._pb.StatsContainerRequest(container_id=container_id),
+            self._pb.StatsContainerResponse, timeout=timeout, container=container_id)
+        cgroup = response.cgroup_stats or self._pb.CgroupStats()
+        cpu = (cgroup.cpu_stats or self._pb.CpuStats()).cpu_usage or self._pb.CpuUsage()
+        memory = (cgroup.memory_stats or self._pb.MemoryStats()).usage or self._pb.MemoryData()
+        pids = cgroup.pids_stats or self._pb.PidsStats()
         return ContainerStats(cpu_usage_ns=cpu.total_usage, memory_usage_bytes=memory.usage,
                               pids=pids.current, raw=response.to_dict())
 
@@ -189,35 +210,36 @@ class KataAgent(Agent):
         self, container_id: str, exec_id: str, process: ProcessSpec | OciMapping, *,
         timeout: float | None = None,
     ) -> None:
-        request = pb.ExecProcessRequest(
+        request = self._pb.ExecProcessRequest(
             container_id=container_id, exec_id=exec_id,
-            process=from_oci(pb.Process, process_to_oci(process), "process"))
-        await self._call("ExecProcess", request, pb_empty.Empty, timeout=timeout,
-                         container=container_id, exec_id=exec_id)
+            process=from_oci(self._pb.Process, self._oci_process(process), "process"))
+        await self._ack("ExecProcess", request, timeout=timeout, container=container_id,
+                        exec_id=exec_id)
 
     async def signal_process(
         self, container_id: str, exec_id: str, signal: int, *, all: bool = False,
         timeout: float | None = None,
     ) -> None:
-        request = pb.SignalProcessRequest(container_id=container_id,
-                                          exec_id="" if all else exec_id, signal=int(signal))
-        await self._call("SignalProcess", request, pb_empty.Empty, timeout=timeout,
-                         container=container_id, exec_id=exec_id)
+        request = self._pb.SignalProcessRequest(
+            container_id=container_id, exec_id="" if all else exec_id, signal=int(signal))
+        await self._ack("SignalProcess", request, timeout=timeout, container=container_id,
+                        exec_id=exec_id)
 
     async def resize_tty(
         self, container_id: str, exec_id: str, rows: int, cols: int, *,
         timeout: float | None = None,
     ) -> None:
-        request = pb.TtyWinResizeRequest(container_id=container_id, exec_id=exec_id, row=rows,
-                                         column=cols)
-        await self._call("TtyWinResize", request, pb_empty.Empty, timeout=timeout,
-                         container=container_id, exec_id=exec_id)
+        request = self._pb.TtyWinResizeRequest(container_id=container_id, exec_id=exec_id,
+                                               row=rows, column=cols)
+        await self._ack("TtyWinResize", request, timeout=timeout, container=container_id,
+                        exec_id=exec_id)
 
     async def write_stdin(
         self, container_id: str, exec_id: str, data: bytes, *, timeout: float | None = None
     ) -> int:
-        request = pb.WriteStreamRequest(container_id=container_id, exec_id=exec_id, data=data)
-        response = await self._call("WriteStdin", request, pb.WriteStreamResponse,
+        request = self._pb.WriteStreamRequest(container_id=container_id, exec_id=exec_id,
+                                              data=data)
+        response = await self._call("WriteStdin", request, self._pb.WriteStreamResponse,
                                     timeout=timeout, long_poll=True, container=container_id,
                                     exec_id=exec_id)
         return response.len
@@ -225,10 +247,9 @@ class KataAgent(Agent):
     async def close_stdin(
         self, container_id: str, exec_id: str, *, timeout: float | None = None
     ) -> None:
-        await self._call("CloseStdin",
-                         pb.CloseStdinRequest(container_id=container_id, exec_id=exec_id),
-                         pb_empty.Empty, timeout=timeout, container=container_id,
-                         exec_id=exec_id)
+        request = self._pb.CloseStdinRequest(container_id=container_id, exec_id=exec_id)
+        await self._ack("CloseStdin", request, timeout=timeout, container=container_id,
+                        exec_id=exec_id)
 
     async def read_stdout(
         self, container_id: str, exec_id: str, size: int, *, timeout: float | None = None
@@ -242,9 +263,9 @@ class KataAgent(Agent):
 
     async def _read(self, method: str, container_id: str, exec_id: str, size: int,
                     timeout: float | None) -> bytes:
-        request = pb.ReadStreamRequest(container_id=container_id, exec_id=exec_id, len=size)
+        request = self._pb.ReadStreamRequest(container_id=container_id, exec_id=exec_id, len=size)
         try:
-            response = await self._call(method, request, pb.ReadStreamResponse,
+            response = await self._call(method, request, self._pb.ReadStreamResponse,
                                         timeout=timeout, long_poll=True,
                                         container=container_id, exec_id=exec_id)
         except RpcError as exc:
@@ -258,10 +279,10 @@ class KataAgent(Agent):
     async def wait_process(
         self, container_id: str, exec_id: str, *, timeout: float | None = None
     ) -> int:
-        response = await self._call(
-            "WaitProcess", pb.WaitProcessRequest(container_id=container_id, exec_id=exec_id),
-            pb.WaitProcessResponse, timeout=timeout, long_poll=True, container=container_id,
-            exec_id=exec_id)
+        request = self._pb.WaitProcessRequest(container_id=container_id, exec_id=exec_id)
+        response = await self._call("WaitProcess", request, self._pb.WaitProcessResponse,
+                                    timeout=timeout, long_poll=True, container=container_id,
+                                    exec_id=exec_id)
         return response.status
 
     # -- guest ---------------------------------------------------------------------------------
@@ -270,12 +291,12 @@ class KataAgent(Agent):
         self, cpus: int, *, cpu_only: bool = False, wait: bool = True,
         timeout: float | None = None,
     ) -> None:
-        request = pb.OnlineCpuMemRequest(wait=wait, nb_cpus=cpus, cpu_only=cpu_only)
-        await self._call("OnlineCPUMem", request, pb_empty.Empty, timeout=timeout)
+        request = self._pb.OnlineCpuMemRequest(wait=wait, nb_cpus=cpus, cpu_only=cpu_only)
+        await self._ack("OnlineCPUMem", request, timeout=timeout)
 
     async def guest_details(self, *, timeout: float | None = None) -> Mapping[str, Any]:
-        request = pb.GuestDetailsRequest(mem_block_size=True, mem_hotplug_probe=True)
-        response = await self._call("GetGuestDetails", request, pb.GuestDetailsResponse,
+        request = self._pb.GuestDetailsRequest(mem_block_size=True, mem_hotplug_probe=True)
+        response = await self._call("GetGuestDetails", request, self._pb.GuestDetailsResponse,
                                     timeout=timeout)
         return response.to_dict()
 
@@ -286,30 +307,30 @@ class KataAgent(Agent):
         # One message per chunk: the frame cap bounds each, the offset orders them.
         chunk = self.limits.stdin_chunk
         for offset in range(0, max(len(data), 1), chunk):
-            request = pb.CopyFileRequest(
+            request = self._pb.CopyFileRequest(
                 path=path, file_size=len(data), file_mode=mode, dir_mode=0o755, uid=uid,
                 gid=gid, offset=offset, data=data[offset:offset + chunk])
-            await self._call("CopyFile", request, pb_empty.Empty, timeout=timeout)
+            await self._ack("CopyFile", request, timeout=timeout)
 
     async def get_oom_event(self, *, timeout: float | None = None) -> str:
-        response = await self._call("GetOOMEvent", pb.GetOomEventRequest(), pb.OomEvent,
-                                    timeout=timeout, long_poll=True)
+        response = await self._call("GetOOMEvent", self._pb.GetOomEventRequest(),
+                                    self._pb.OomEvent, timeout=timeout, long_poll=True)
         return response.container_id
 
     async def list_interfaces(
         self, *, timeout: float | None = None
     ) -> Sequence[Mapping[str, Any]]:
-        response = await self._call("ListInterfaces", pb.ListInterfacesRequest(), pb.Interfaces,
-                                    timeout=timeout)
+        response = await self._call("ListInterfaces", self._pb.ListInterfacesRequest(),
+                                    self._pb.Interfaces, timeout=timeout)
         return [iface.to_dict() for iface in response.interfaces]
 
     async def list_routes(self, *, timeout: float | None = None) -> Sequence[Mapping[str, Any]]:
-        response = await self._call("ListRoutes", pb.ListRoutesRequest(), pb.Routes,
+        response = await self._call("ListRoutes", self._pb.ListRoutesRequest(), self._pb.Routes,
                                     timeout=timeout)
         return [route.to_dict() for route in response.routes]
 
     async def get_metrics(self, *, timeout: float | None = None) -> str:
-        response = await self._call("GetMetrics", pb.GetMetricsRequest(), pb.Metrics,
+        response = await self._call("GetMetrics", self._pb.GetMetricsRequest(), self._pb.Metrics,
                                     timeout=timeout)
         return response.metrics
 
