@@ -11,7 +11,9 @@ import asyncio
 import logging
 import signal
 import sys
+from pathlib import Path
 
+from ..errors import ConfigError
 from .hyperstart import LocalHyperstart
 from .server import LocalAgent
 
@@ -22,6 +24,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--dir", help="private directory for the sockets (default: a new "
                                       "temporary one)")
     parser.add_argument("--count", type=int, default=1, help="agents (sockets) to serve")
+    parser.add_argument("--socket", metavar="PATH",
+                        help="serve one Kata agent on PATH (must end in .sock; its directory "
+                             "must be private to you, mode 0700)")
     parser.add_argument("--wire", choices=("rust", "go"), default="rust",
                         help="answer like the Rust agent or a Go ttrpc server")
     parser.add_argument("--eof", choices=("empty", "error"), default="empty",
@@ -45,6 +50,13 @@ async def _serve(args: argparse.Namespace) -> None:
                 print(ctl, tty, flush=True)
             await stop.wait()
         return
+    if args.socket:
+        socket_path: Path = args.socket
+        async with LocalAgent(socket_path.parent, wire_style=args.wire,
+                              eof_style=args.eof) as local:
+            print(await local.serve(socket_path.name.removesuffix(".sock")), flush=True)
+            await stop.wait()
+        return
     async with LocalAgent(args.dir, wire_style=args.wire, eof_style=args.eof) as local:
         for address in await local.serve_many(args.count):
             print(address, flush=True)
@@ -57,8 +69,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.count < 1:
         print("--count must be at least 1", file=sys.stderr)
         return 2
+    if args.socket and (args.dir or args.count != 1 or args.agent != "kata"
+                        or not args.socket.endswith(".sock")):
+        print("--socket PATH serves one Kata agent; PATH must end in .sock, and --dir and "
+              "--count do not apply", file=sys.stderr)
+        return 2
+    if args.socket:
+        args.socket = Path(args.socket).absolute()
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING)
-    asyncio.run(_serve(args))
+    try:
+        asyncio.run(_serve(args))
+    except ConfigError as exc:
+        print(f"agentio-localagent: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 
