@@ -206,7 +206,8 @@ class Process:
                 with contextlib.suppress(AgentError):
                     await self.kill()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._exited.wait(), self._limits.drain_timeout)
+                async with asyncio.timeout(self._limits.drain_timeout):
+                    await self._exited.wait()
         for task in (*self._pumps.values(), self._watcher, self._writer):
             if task is not None:
                 await _cancel(task)

@@ -549,7 +549,8 @@ class LocalHyperstart:
             await guest.power_off()
         for server in self._servers:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(server.wait_closed(), 1.0)
+                async with asyncio.timeout(1.0):
+                    await server.wait_closed()
         self._servers.clear()
         if self._created:
             shutil.rmtree(self.directory, ignore_errors=True)

@@ -487,3 +487,27 @@ def test_client_rejects_bad_limits() -> None:
         TtrpcClient(connector, max_pending=0)
     with pytest.raises(errors.ConfigError):
         TtrpcClient(connector, max_payload=-1)
+
+
+async def test_cancel_landing_as_the_dial_completes_still_cancels_the_call() -> None:
+    # The cancel is scheduled from inside the connector, so it reaches the caller in the very
+    # iteration the dial finishes: asyncio.wait_for on 3.11 returned the dial's result then and
+    # swallowed the cancel, and the caller went on (a Ctrl-C'd program kept running).
+    loop = asyncio.get_running_loop()
+    ours, theirs = socket.socketpair()
+    peer_reader, peer_writer = await asyncio.open_connection(sock=theirs)
+    caller: asyncio.Task[bytes] | None = None
+
+    async def connector(factory: ProtocolFactory) -> tuple[asyncio.BaseTransport, TtrpcConnection]:
+        transport, conn = await loop.create_connection(factory, sock=ours)
+        assert caller is not None
+        loop.call_soon(caller.cancel)
+        return transport, conn
+
+    async with TtrpcClient(connector) as client:
+        caller = asyncio.create_task(client.call("grpc.Health", "Check", b"", timeout=BOUND))
+        with pytest.raises(asyncio.CancelledError):
+            await caller
+        assert caller.cancelled()
+    peer_writer.close()
+    assert await peer_reader.read() == b""  # the cancelled call never went on the wire

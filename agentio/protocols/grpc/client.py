@@ -184,7 +184,8 @@ class _ConnectorChannel(Channel):
         self.close()
         if protocol is not None:
             try:
-                await asyncio.wait_for(asyncio.shield(protocol.lost), _CLOSE_WAIT)
+                async with asyncio.timeout(_CLOSE_WAIT):
+                    await asyncio.shield(protocol.lost)
             except TimeoutError:
                 logger.warning("transport did not report the connection closed in time")
 

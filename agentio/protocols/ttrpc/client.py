@@ -278,9 +278,9 @@ class TtrpcConnection(asyncio.Protocol):
             if deadline is None:
                 await self._writable.wait()
                 continue
-            remaining = deadline - self._loop.time()
             try:
-                await asyncio.wait_for(self._writable.wait(), max(remaining, 0))
+                async with asyncio.timeout_at(deadline):
+                    await self._writable.wait()
             except TimeoutError:
                 raise DeadlineExceeded(
                     "transport stayed full until the deadline", operation=method
@@ -374,10 +374,15 @@ class TtrpcClient:
         if dialing is None:
             dialing = self._dialing = asyncio.get_running_loop().create_task(self._dial())
             dialing.add_done_callback(_retrieve)
+        # shield: one caller giving up must not abort the dial the others wait on. Not
+        # asyncio.wait_for: on 3.11 it swallows a cancel that lands as the dial completes.
+        limit = asyncio.timeout(bound)
         try:
-            # shield: one caller giving up must not abort the dial the others wait on
-            return await asyncio.wait_for(asyncio.shield(dialing), bound)
+            async with limit:
+                return await asyncio.shield(dialing)
         except TimeoutError:
+            if not limit.expired():
+                raise  # the dial's own timeout error
             raise DeadlineExceeded(f"not connected within {bound}s", operation=method) from None
 
     async def _dial(self) -> TtrpcConnection:
