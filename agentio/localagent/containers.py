@@ -248,7 +248,11 @@ def _is_dead(stat: _ProcStat) -> bool:
 
 
 def _is_stopped(stat: _ProcStat) -> bool:
-    return stat.state in ("T", "t") or _is_dead(stat)
+    # "D" counts: a process in uninterruptible sleep runs no user code, and the SIGSTOP we sent
+    # is pending, so it stops before its next instruction. A shell that vforked a child we
+    # stopped before its exec stays in D until that child runs again, so waiting for T would
+    # time out.
+    return stat.state in ("T", "t", "D") or _is_dead(stat)
 
 
 def _meminfo() -> dict[str, int]:
