@@ -20,6 +20,8 @@ from agentio.transports import (
 )
 
 FAST = DialPolicy(budget=2.0, backoff_initial=0.005, backoff_max=0.02)
+# For a dial that must still be in progress when the test acts, however loaded the machine.
+SLOW = DialPolicy(budget=60.0, handshake_timeout=60.0, backoff_initial=0.005, backoff_max=0.02)
 
 
 async def test_hvsock_echo(fake_vmm: Callable[..., Any], recording: Callable[..., Any]) -> None:
@@ -102,13 +104,16 @@ async def test_cancelled_connect_leaks_nothing(fake_vmm: Callable[..., Any], rec
     # mercy of whatever else the loop closes lazily.
     vmm = await fake_vmm(default="silent")
     task = asyncio.create_task(
-        connect(vmm.address, asyncio.Protocol, FAST, socket_factory=recorder)
+        connect(vmm.address, asyncio.Protocol, SLOW, socket_factory=recorder)
     )
-    await vmm.connected.wait()
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
-    await vmm.stop()
+    # Bounded so that a hang names its await (pytest-timeout cannot interrupt a uvloop
+    # blocked in epoll).
+    async with asyncio.timeout(30):
+        await vmm.connected.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await vmm.stop()
     assert recorder.sockets and recorder.all_closed()
 
 
