@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import itertools
 import json
 import logging
 import os
@@ -39,7 +40,9 @@ SIGTERM_STATUS = 128 + signal.SIGTERM
 STARTUP_TIMEOUT = 30.0
 """Seconds the local agent child gets to print every address."""
 CHILD_STOP_TIMEOUT = 5.0
-"""Seconds between SIGTERM and SIGKILL for the local agent child."""
+"""Seconds between SIGTERM and SIGKILL for the local agent child, plus
+:data:`CHILD_STOP_PER_AGENT` for each agent it serves (it kills and reaps their processes)."""
+CHILD_STOP_PER_AGENT = 0.05
 CLEANUP_TIMEOUT = 10.0
 """Seconds the destroy of a failed sandbox may take."""
 
@@ -61,6 +64,7 @@ class Options:
 
     sandboxes: int = 50
     concurrency: int = 50
+    rounds: int = 1
     addresses: tuple[str, ...] = ()
     agent: AgentType = AgentType.KATA
     timeout: float = 60.0
@@ -88,6 +92,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {value}")
+    return value
+
+
 def _positive_float(text: str) -> float:
     value = float(text)
     if not value > 0:
@@ -111,6 +122,9 @@ def _parser() -> argparse.ArgumentParser:
     add("--sandboxes", type=_positive_int, default=50, help="sandboxes to run (default 50)")
     add("--concurrency", type=_positive_int, default=50,
         help="sandboxes running at once (default 50)")
+    add("--rounds", type=_non_negative_int, default=1,
+        help="workload rounds per sandbox: each round creates, exercises and destroys a fresh "
+             "sandbox (default 1; 0 runs until interrupted)")
     add("--address", action="append", default=[], dest="addresses", metavar="URL",
         help="drive the agent at URL instead of starting one (repeatable; one sandbox at a "
              "time per address)")
@@ -135,7 +149,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
         parser.error(f"the local agent does not serve the {ns.agent} agent yet; give --address "
                      f"of a real one, or use --agent "
                      + " or ".join(t.value for t in LOCAL_AGENT_TYPES))
-    return Options(sandboxes=ns.sandboxes, concurrency=ns.concurrency,
+    return Options(sandboxes=ns.sandboxes, concurrency=ns.concurrency, rounds=ns.rounds,
                    addresses=tuple(ns.addresses), agent=ns.agent, timeout=ns.timeout,
                    dial_timeout=ns.dial_timeout, call_timeout=ns.call_timeout, json=ns.json,
                    quiet=ns.quiet, verbose=ns.verbose, uvloop=ns.uvloop)
@@ -169,6 +183,7 @@ class Summary:
     """The outcome of a run."""
 
     sandboxes: int
+    """Sandbox runs planned (sandboxes x rounds); 0 when running until interrupted."""
     agent: str
     operations: int = 0
     bytes_verified: int = 0
@@ -278,7 +293,7 @@ async def _destroy_quietly(sandbox: Sandbox) -> None:
         async with asyncio.timeout(CLEANUP_TIMEOUT):
             await sandbox.destroy(timeout=CLEANUP_TIMEOUT)
     except (AgentError, TimeoutError) as exc:
-        log.warning("destroying %s after a failure failed too: %s", sandbox.id, exc)
+        log.warning("destroying %s after a failure failed too: %s", sandbox.id, _describe(exc))
 
 
 async def run_sandbox(options: Options, address: str, sandbox_id: str, tally: Tally) -> None:
@@ -289,6 +304,11 @@ async def run_sandbox(options: Options, address: str, sandbox_id: str, tally: Ta
     tally.op()
     try:
         await _exercise(sandbox, tally, token=f"{sandbox_id}-{os.urandom(8).hex()}")
+    except asyncio.CancelledError:  # interrupted, not failed: clean up without a word
+        with contextlib.suppress(AgentError, TimeoutError):
+            async with asyncio.timeout(CLEANUP_TIMEOUT):
+                await sandbox.destroy(timeout=CLEANUP_TIMEOUT)
+        raise
     except BaseException:
         await _destroy_quietly(sandbox)
         raise
@@ -334,13 +354,16 @@ async def run_all(options: Options, addresses: Sequence[str], summary: Summary) 
     slots = asyncio.Semaphore(options.concurrency)
     locks = {address: asyncio.Lock() for address in addresses}
 
-    async def one(index: int, sandbox_id: str) -> None:
+    async def one(index: int, base_id: str) -> None:
         address = addresses[index % len(addresses)]
-        async with locks[address], slots:
-            tally, failure = await run_one(options, address, sandbox_id)
-        if failure is not None:
-            log.info("sandbox %s failed: %s", sandbox_id, failure.error)
-        summary.add(tally, failure)
+        rounds = itertools.count() if options.rounds == 0 else range(options.rounds)
+        for round_ in rounds:
+            sandbox_id = base_id if options.rounds == 1 else f"{base_id}-r{round_}"
+            async with locks[address], slots:
+                tally, failure = await run_one(options, address, sandbox_id)
+            if failure is not None:
+                log.info("sandbox %s failed: %s", sandbox_id, failure.error)
+            summary.add(tally, failure)
 
     async with asyncio.TaskGroup() as group:
         for index, sandbox_id in enumerate(_sandbox_ids(options.sandboxes)):
@@ -372,13 +395,14 @@ async def _read_addresses(child: asyncio.subprocess.Process, count: int) -> list
     return addresses
 
 
-async def _stop_child(child: asyncio.subprocess.Process) -> None:
+async def _stop_child(child: asyncio.subprocess.Process, count: int) -> None:
     """SIGTERM, a bounded wait, then SIGKILL."""
     if child.returncode is None:
         with contextlib.suppress(ProcessLookupError):
             child.send_signal(signal.SIGTERM)
+            child.send_signal(signal.SIGCONT)  # a stopped child would not act on SIGTERM
         try:
-            async with asyncio.timeout(CHILD_STOP_TIMEOUT):
+            async with asyncio.timeout(CHILD_STOP_TIMEOUT + CHILD_STOP_PER_AGENT * count):
                 await child.wait()
         except TimeoutError:
             log.warning("local agent (pid %d) ignored SIGTERM; killing it", child.pid)
@@ -386,6 +410,14 @@ async def _stop_child(child: asyncio.subprocess.Process) -> None:
                 child.kill()
             await child.wait()
     log.debug("local agent (pid %d) exited with %s", child.pid, child.returncode)
+
+
+def _terminate_with_parent() -> None:
+    """In the child before exec: SIGTERM when we die, however we die (Linux prctl)."""
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 @contextlib.asynccontextmanager
@@ -397,8 +429,11 @@ async def local_agents(count: int, *, verbose: bool = False) -> AsyncIterator[li
         command = [sys.executable, "-m", "agentio.localagent", "--count", str(count),
                    "--dir", directory, *(["-v"] if verbose else [])]
         try:
+            # Its own session: a Ctrl-C at the terminal reaches only us, so the sandboxes are
+            # destroyed while their agent still answers; then we stop the child ourselves.
             child = await asyncio.create_subprocess_exec(
-                *command, stdout=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.DEVNULL)
+                *command, stdout=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.DEVNULL,
+                start_new_session=True, preexec_fn=_terminate_with_parent)
         except OSError as exc:
             raise AgentStartError(f"cannot run {sys.executable}: {exc}") from exc
         try:
@@ -406,7 +441,7 @@ async def local_agents(count: int, *, verbose: bool = False) -> AsyncIterator[li
             log.debug("local agent pid %d serving %d sockets in %s", child.pid, count, directory)
             yield addresses
         finally:
-            await _stop_child(child)
+            await _stop_child(child, count)
     finally:
         shutil.rmtree(directory, ignore_errors=True)
 
@@ -415,7 +450,8 @@ async def local_agents(count: int, *, verbose: bool = False) -> AsyncIterator[li
 
 
 def _progress_line(summary: Summary, started: float) -> str:
-    return (f"sandboxes {summary.done}/{summary.sandboxes}  failures {len(summary.failures)}  "
+    planned = summary.sandboxes or "until interrupted"
+    return (f"sandboxes {summary.done}/{planned}  failures {len(summary.failures)}  "
             f"elapsed {time.monotonic() - started:.1f}s")
 
 
@@ -457,7 +493,7 @@ async def _drive(options: Options, addresses: Sequence[str], summary: Summary) -
 
 async def run_demo(options: Options) -> Summary:
     """Run the demo: the given agents, or a local agent child serving one per sandbox."""
-    summary = Summary(sandboxes=options.sandboxes, agent=options.agent.value)
+    summary = Summary(sandboxes=options.sandboxes * options.rounds, agent=options.agent.value)
     if options.addresses:
         await _drive(options, options.addresses, summary)
         return summary
@@ -487,11 +523,22 @@ async def _main_task(options: Options) -> Summary:
     task = asyncio.current_task()
     assert task is not None
     loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGTERM, task.cancel)
+
+    def interrupt() -> None:
+        first = not task.cancelling()
+        task.cancel()
+        if first:
+            with contextlib.suppress(OSError):  # stderr may be a closed pipe
+                print("\ninterrupted; destroying the sandboxes started and stopping the "
+                      "local agent…", file=sys.stderr, flush=True)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, interrupt)
     try:
         return await run_demo(options)
     finally:
-        loop.remove_signal_handler(signal.SIGTERM)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -504,7 +551,7 @@ def main(argv: list[str] | None = None) -> int:
         with _runner(options) as runner:
             summary = runner.run(_main_task(options))
     except (KeyboardInterrupt, asyncio.CancelledError):
-        print("interrupted; everything started was stopped", file=sys.stderr)
+        print("interrupted", file=sys.stderr)
         return 130
     except AgentStartError as exc:
         print(f"cannot start the local agent: {exc}", file=sys.stderr)

@@ -192,17 +192,21 @@ def test_the_program_prints_a_json_summary_and_exits_zero() -> None:
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 async def test_an_interrupted_program_stops_its_agent_child_and_cleans_up(sig: int) -> None:
+    # --rounds 0 runs until interrupted, so the signal always lands mid-run.
     demo = await asyncio.create_subprocess_exec(
-        *_demo("--sandboxes", "2", "-v", "-q"), stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE)
+        *_demo("--sandboxes", "2", "--rounds", "0", "-v", "-q"),
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
     assert demo.stderr is not None
     try:
-        async with asyncio.timeout(30):
+        async with asyncio.timeout(60):
             while not (started := re.search(rb"local agent pid (\d+) serving 2 sockets in (\S+)",
                                              await demo.stderr.readline())):
                 pass
+            # Wait for a finished sandbox run, so the workload is really under way.
+            while b"done:" not in await demo.stderr.readline():
+                pass
             demo.send_signal(sig)
-            await demo.stderr.read()
+            rest = await demo.stderr.read()
             status = await demo.wait()
     finally:
         if demo.returncode is None:
@@ -210,6 +214,19 @@ async def test_an_interrupted_program_stops_its_agent_child_and_cleans_up(sig: i
             await demo.wait()
     assert status == 130
     child, directory = int(started[1]), started[2].decode()
+    # The child stopped on our SIGTERM, closing its agents (which kills their processes),
+    # rather than being killed mid-way.
+    assert re.search(rb"local agent \(pid %d\) exited with 0\b" % child, rest), rest[-2000:]
+    assert b"failed too" not in rest and b"Traceback" not in rest
     assert not await asyncio.to_thread(os.path.exists, directory)
     with pytest.raises(ProcessLookupError):
         os.kill(child, 0)
+
+
+def test_rounds_run_fresh_sandboxes_on_the_same_agents() -> None:
+    done = subprocess.run(_demo("--sandboxes", "2", "--rounds", "3", "--json", "-q"),
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    assert summary["sandboxes"] == summary["succeeded"] == 6
+    assert summary["operations"] == 6 * OPS_PER_SANDBOX
