@@ -40,6 +40,12 @@ def _positive(text: str) -> float:
     return value
 
 
+def _not_negative(text: str) -> float:
+    value = float(text.replace(",", ""))
+    assert value >= 0, text
+    return value
+
+
 def test_table_has_every_section_with_positive_figures(tiny_run: tuple[str, dict[str, Any]]
                                                        ) -> None:
     table, _ = tiny_run
@@ -51,8 +57,10 @@ def test_table_has_every_section_with_positive_figures(tiny_run: tuple[str, dict
             row = re.search(rf"^{re.escape(label)}\s+{conc}\s+({NUMBER})\s+({NUMBER})\s+"
                             rf"({NUMBER})\s+({NUMBER})\s+({NUMBER})$", table, re.MULTILINE)
             assert row, f"no row for {label} at concurrency {conc}:\n{table}"
-            for figure in row.groups():
-                _positive(figure)
+            calls_per_s, *cpu_and_ratios = row.groups()
+            _positive(calls_per_s)
+            for figure in cpu_and_ratios:  # CPU clocks tick coarsely: a tiny run may read 0
+                _not_negative(figure)
             if label == "echo baseline":
                 assert row.group(4) == row.group(5) == "1.00"
     stdio = re.search(rf"cat round trip: ({NUMBER}) MiB/s .* client CPU ({NUMBER}) ms/MiB", table)
@@ -64,7 +72,7 @@ def test_table_has_every_section_with_positive_figures(tiny_run: tuple[str, dict
     assert _positive(exe.group(1)) <= _positive(exe.group(2))
     memory = re.search(rf"({NUMBER}) KiB RSS per client \(100 clients over 2 sockets", table)
     assert memory
-    _positive(memory.group(1))
+    _not_negative(memory.group(1))  # 100 clients may fit in pages the process already had
 
 
 def test_json_matches_the_table_and_is_complete(tiny_run: tuple[str, dict[str, Any]]) -> None:
