@@ -157,8 +157,15 @@ def _dial_error(
     why = "not retryable" if final else "budget spent"
     return DialError(
         f"cannot reach {address}: {attempts} attempt(s) in {elapsed:.3f}s, {why};"
-        f" last error: {cause}"
+        f" last error: {_reason(cause)}"
     )
+
+
+def _reason(exc: BaseException) -> str:
+    # An OSError's str() repeats the address as if it were a file name; the message has it.
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc)
 
 
 async def _attempt(
