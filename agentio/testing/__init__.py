@@ -2,7 +2,8 @@
 
 Layer: testing (imports errors, transports and protocols; never the public API). See
 :mod:`agentio.testing.faults` (the fault proxy and scripted ttrpc peer) and
-:mod:`agentio.testing.leaks` (descriptor and task leak checks).
+:mod:`agentio.testing.leaks` (descriptor and task leak checks) and
+:mod:`agentio.testing.memory` (an in-memory transport to feed a protocol by hand).
 """
 
 from .faults import (
@@ -32,6 +33,7 @@ from .faults import (
     stop_answering,
 )
 from .leaks import LeakCheck, describe_fd, open_fds
+from .memory import MemoryTransport
 
 __all__ = [
     "CloseMidFrame",
@@ -45,6 +47,7 @@ __all__ = [
     "FaultProxy",
     "Framing",
     "LeakCheck",
+    "MemoryTransport",
     "OversizedHeader",
     "PeerCall",
     "PeerConnection",
