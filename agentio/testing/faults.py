@@ -672,6 +672,9 @@ class _Pipe:
                     await asyncio.sleep(wait)  # re-checked before the next read
                 await self.space.wait()
                 data = await reader.read(_READ_CHUNK)
+                if (wait := self.stalled_until - loop.time()) > 0:
+                    # the read was already waiting when the stall began: hold what it got
+                    await asyncio.sleep(wait)
                 if not data:
                     break
                 if proxy.framing == "raw":
