@@ -13,7 +13,8 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from agentio.errors import DialError, HandshakeError
+import agentio
+from agentio.errors import ConfigError, DialError, HandshakeError
 from agentio.localagent import LocalAgent
 from agentio.testing import (
     Corrupt,
@@ -26,7 +27,7 @@ from agentio.testing import (
     Truncate,
 )
 from agentio.transports import DialPolicy, connect
-from agentio.transports.hvsock import HandshakeClosed
+from agentio.transports.hvsock import DEFAULT_MAX_LINE, HandshakeClosed
 
 PORT = 1024
 POLICY = DialPolicy(budget=1.0, attempt_timeout=0.5, handshake_timeout=0.3)
@@ -110,3 +111,31 @@ async def test_a_good_reply_after_the_faults_are_gone_connects(
     transport, _ = await connect(vmm.address, lambda: asyncio.Protocol(), POLICY)
     transport.close()
     assert vmm.accepted == 1
+
+
+@pytest.mark.parametrize("line", [5, 8, 14])
+async def test_the_handshake_line_limit_is_configuration(
+    local_agent: LocalAgent, make_proxy: ProxyFactory, line: int
+) -> None:
+    """``Limits.handshake_line`` reaches the dialer: a reply of exactly that many bytes
+    connects, one a byte longer is refused as a HandshakeError."""
+    upstream = await local_agent.serve()
+    limits = agentio.Limits(handshake_line=line)
+    config = {"dial_timeout": 1.0, "handshake_timeout": 0.3}
+    digits = line - len(b"OK \n")  # "OK <digits>\n"
+    fits = await make_proxy(upstream, framing="raw", vmm_port=PORT, host_port=int("1" * digits))
+    too_long = await make_proxy(upstream, framing="raw", vmm_port=PORT,
+                                host_port=int("1" * (digits + 1)))
+    async with agentio.open_agent(fits.address, config=config, limits=limits) as agent:
+        await agent.check(timeout=5)
+    async with agentio.open_agent(too_long.address, config=config, limits=limits) as agent:
+        with pytest.raises(DialError) as caught:
+            await agent.check(timeout=5)
+    assert isinstance(caught.value.__cause__, HandshakeError)
+    assert f"longer than {line} bytes" in str(caught.value.__cause__)
+
+
+def test_handshake_line_default_and_validation() -> None:
+    assert agentio.Limits().handshake_line == DEFAULT_MAX_LINE
+    with pytest.raises(ConfigError):
+        agentio.Limits(handshake_line=4)

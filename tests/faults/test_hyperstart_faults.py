@@ -10,6 +10,8 @@ every byte and their real exit status.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -18,6 +20,7 @@ from pathlib import Path
 import pytest
 
 import agentio
+from agentio import errors
 from agentio.localagent.hyperstart import LocalHyperstart
 from agentio.protocols.hyperstart import codec
 from agentio.protocols.hyperstart.codec import Code
@@ -81,3 +84,35 @@ async def test_events_and_output_for_unknown_processes_are_dropped(
     for seq in SEQS:
         for size in (9, 0):
             assert f"tty frame for unknown seq {seq} ({size} bytes) dropped" in messages
+
+
+@pytest.mark.parametrize("channel", ["ctl", "tty"])
+async def test_guest_death_fails_five_waits_and_later_calls_fast(
+    local: LocalHyperstart, make_proxy: ProxyFactory, channel: str
+) -> None:
+    """Case 2 for hyperstart: either channel dying (reset) under five pending waits fails them
+    all at once with a connection error; later calls fail fast, without redialling."""
+    ctl, tty = await local.serve()
+    ctl_proxy = await make_proxy(ctl, framing="raw")
+    tty_proxy = await make_proxy(tty, framing="raw")
+    sandbox = await agentio.Sandbox.create(
+        ctl_proxy.address, agent_type="hyperstart", limits=agentio.Limits(drain_timeout=1.0),
+        config={"tty_address": tty_proxy.address, "call_timeout": 10},
+    )
+    container = await sandbox.create_container("c1", ["sleep", "1000"])
+    await container.start()
+    procs = [await container.exec(["sleep", "1000"]) for _ in range(5)]
+    waits = [asyncio.ensure_future(p.wait()) for p in procs]
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await (ctl_proxy if channel == "ctl" else tty_proxy).kill(reset=True)
+    results = await asyncio.wait_for(asyncio.gather(*waits, return_exceptions=True), 10)
+    assert loop.time() - started < 1.0
+    assert all(isinstance(r, errors.AgentConnectionError) for r in results), results
+    started = loop.time()
+    with pytest.raises(errors.AgentConnectionError):
+        await container.exec(["true"])
+    assert loop.time() - started < 0.5
+    assert (ctl_proxy.accepted, tty_proxy.accepted) == (1, 1)
+    with contextlib.suppress(errors.AgentConnectionError):
+        await sandbox.destroy()
