@@ -13,9 +13,10 @@ fault* only if its fault actually fired; every other failure is a *failure witho
 which must never happen. At the end every proxy is closed and the tasks and descriptors this
 process holds are compared with those it held before the first run: none may be left.
 
-Prints calls made, faults armed and fired, runs failed by a fault and without one, bytes
-verified, peak RSS and leaked tasks / descriptors; exits 1 if a run failed without a fault or
-anything leaked.
+Prints calls made, faults armed and fired, runs failed by a fault and without one (and the
+errors they ended with), bytes verified, peak RSS and leaked tasks / descriptors; exits 1 if a
+run failed without a fault, ended with an error that is not an agentio error (or a byte check
+or the run's time bound), or anything leaked.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from agentio import AgentError, demo, open_agent
+from agentio import AgentError, demo, errors, open_agent
 from agentio.testing import (
     CloseMidFrame,
     Corrupt,
@@ -110,16 +111,20 @@ class Figures:
     peak_rss_kib: int = 0
     leaked_tasks: int = 0
     leaked_fds: int = 0
+    untyped_errors: int = 0
     fired_by_kind: Counter[str] = dataclasses.field(default_factory=Counter)
+    errors_by_type: Counter[str] = dataclasses.field(default_factory=Counter)
     unexplained: list[str] = dataclasses.field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        return not (self.failed_without_fault or self.leaked_tasks or self.leaked_fds)
+        return not (self.failed_without_fault or self.untyped_errors or self.leaked_tasks
+                    or self.leaked_fds)
 
     def as_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["fired_by_kind"] = dict(sorted(self.fired_by_kind.items()))
+        data["errors_by_type"] = dict(sorted(self.errors_by_type.items()))
         data["ok"] = self.ok
         return data
 
@@ -134,6 +139,9 @@ class Figures:
             f"calls failed by fault {self.failed_by_fault} runs "
             f"({self.succeeded_despite_fault} faulted runs still succeeded)",
             f"failed without fault  {self.failed_without_fault}",
+            "  errors              " + (", ".join(
+                f"{k} {n}" for k, n in sorted(self.errors_by_type.items())) or "-"),
+            f"untyped errors        {self.untyped_errors}",
             f"bytes verified        {self.bytes_verified}",
             f"peak RSS              {self.peak_rss_kib / 1024:.1f} MiB",
             f"leaked tasks / fds    {self.leaked_tasks} / {self.leaked_fds}",
@@ -153,6 +161,21 @@ class SoakOptions:
     sandbox_timeout: float = 20.0
     json: bool = False
     quiet: bool = False
+
+
+TYPED = frozenset(
+    [name for name, value in vars(errors).items()
+     if isinstance(value, type) and issubclass(value, AgentError)]
+    + ["CheckFailed", "timeout"])
+"""What a failed run may end with: an agentio error, a byte check that found the damage a
+fault did, or the run's overall bound. Anything else is a bug the fault uncovered."""
+
+
+def _error_type(error: str) -> str:
+    """The exception type named in a demo failure (``"Type: message"``)."""
+    if error.startswith("timed out after"):
+        return "timeout"
+    return error.partition(":")[0]
 
 
 async def _clean_up(address: str, sandbox_id: str) -> None:
@@ -193,6 +216,11 @@ async def _slot(index: int, agent_address: str, proxy: FaultProxy, options: Soak
             if fired:
                 figures.succeeded_despite_fault += 1
             continue
+        kind_of_error = _error_type(failure.error)
+        figures.errors_by_type[kind_of_error] += 1
+        if kind_of_error not in TYPED:
+            figures.untyped_errors += 1
+            figures.unexplained.append(f"{sandbox_id} (fault {kind}): untyped {failure.error}")
         if fired:
             figures.failed_by_fault += 1
         else:

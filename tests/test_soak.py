@@ -25,6 +25,7 @@ def test_short_soak_with_faults_everywhere_is_clean() -> None:
     assert figures["faults_armed"] == figures["runs"]  # --fault-rate 1
     assert 0 < figures["faults_fired"] <= figures["faults_armed"]
     assert sum(figures["fired_by_kind"].values()) == figures["faults_fired"]
-    assert figures["failed_without_fault"] == 0
+    assert figures["failed_without_fault"] == 0 and figures["untyped_errors"] == 0
+    assert sum(figures["errors_by_type"].values()) == figures["failed_by_fault"]
     assert figures["leaked_tasks"] == 0 and figures["leaked_fds"] == 0
     assert figures["calls"] > 0 and figures["bytes_verified"] > 0 and figures["peak_rss_kib"] > 0
