@@ -483,9 +483,11 @@ class FaultProxy:
 
     # --- internals ------------------------------------------------------------------------
 
-    def _match(self, direction: Direction, unit: _Unit) -> Fault | None:
+    def _match(self, direction: Direction, unit: _Unit, *, held: bool = False) -> Fault | None:
         for state in self._faults:
             fault = state.fault
+            if held and isinstance(fault, Reorder):
+                continue
             if (fault.direction is not direction or fault.handshake != unit.handshake
                     or (fault.method is not None and fault.method != unit.method)
                     or (fault.stream_id is not None and fault.stream_id != unit.stream_id)
@@ -714,12 +716,16 @@ class _Pipe:
         if pipe is None or pipe.finished:
             self.conn.close(reset=False)
 
-    async def handle(self, unit: _Unit) -> bool:
-        """Apply the matching fault (if any) and forward; False ends this direction."""
+    async def handle(self, unit: _Unit, *, held: bool = False) -> bool:
+        """Apply the matching fault (if any) and forward; False ends this direction.
+
+        ``held``: a unit is already held back by :class:`Reorder`; this one is not held too
+        (which would nest without bound on a stream of matching units).
+        """
         loop = asyncio.get_running_loop()
         if (wait := self.writes_stalled_until - loop.time()) > 0:
             await asyncio.sleep(wait)
-        fault = self.conn.proxy._match(self.direction, unit) if unit.data else None
+        fault = self.conn.proxy._match(self.direction, unit, held=held) if unit.data else None
         data = unit.data
         if fault is None:
             pass
@@ -773,7 +779,7 @@ class _Pipe:
         if following is None:
             await self.write(held.data)
             return False
-        go_on = await self.handle(following)
+        go_on = await self.handle(following, held=True)
         if go_on:
             await self.write(held.data)
         return go_on
@@ -818,6 +824,11 @@ class PeerConnection:
         self.tasks: set[asyncio.Task[None]] = set()
         """Handlers still running for this connection's calls (cancelled when it ends)."""
 
+    async def settled(self, limit: int) -> None:
+        """Wait until fewer than ``limit`` handlers run."""
+        while len(self.tasks) >= limit:
+            await asyncio.wait(set(self.tasks), return_when=asyncio.FIRST_COMPLETED)
+
     def send(self, data: bytes) -> None:
         """Write raw bytes (anything: bad frames, unknown stream ids, garbage)."""
         if not self.writer.is_closing():
@@ -859,7 +870,8 @@ class ScriptedTtrpcPeer:
 
     Register handlers by bare method name with :meth:`on` (any service); unregistered methods
     are answered with ``default`` (UNIMPLEMENTED unless given). Each request runs in its own
-    task; the last ``max_calls`` calls are kept in :attr:`calls`.
+    task, at most ``max_inflight`` per connection (beyond that the peer stops reading until one
+    ends); the last ``max_calls`` calls are kept in :attr:`calls`.
     """
 
     sock_dir: str | os.PathLike[str]
@@ -867,6 +879,7 @@ class ScriptedTtrpcPeer:
     default: PeerHandler = _unimplemented
     max_payload: int = MAX_PAYLOAD
     max_calls: int = 10_000
+    max_inflight: int = 1024
     handlers: dict[str, PeerHandler] = field(default_factory=dict)
     calls: deque[PeerCall] = field(init=False)
     connections: list[PeerConnection] = field(default_factory=list, init=False)
@@ -875,6 +888,8 @@ class ScriptedTtrpcPeer:
     _reading: asyncio.Event = field(default_factory=asyncio.Event, init=False)
 
     def __post_init__(self) -> None:
+        if self.max_calls <= 0 or self.max_inflight <= 0:
+            raise ConfigError("max_calls and max_inflight must be positive")
         self.calls = deque(maxlen=self.max_calls)
         self._reading.set()
 
@@ -967,6 +982,8 @@ class ScriptedTtrpcPeer:
                         request = decode_request(event.payload)
                     except ProtocolError:
                         continue
+                    if len(conn.tasks) >= self.max_inflight:
+                        await conn.settled(self.max_inflight)  # stop reading: backpressure
                     call = PeerCall(event.stream_id, request, conn)
                     self.calls.append(call)
                     self._spawn(call)

@@ -214,3 +214,29 @@ def test_bad_fault_settings_are_config_errors(sock_dir: Path) -> None:
         raw.inject(Drop(method="Echo"))
     with pytest.raises(ConfigError):
         FaultProxy("/nonexistent.sock", sock_dir, max_buffer=0)
+
+
+async def test_reorder_on_every_unit_does_not_nest(proxy: FaultProxy) -> None:
+    """Reorder with count=None on a long run of answers: each held unit is released after the
+    next one, and the next is never held in turn (no unbounded nesting)."""
+    fault = proxy.inject(Reorder(direction=TO_CLIENT, count=None, hold=0.05))
+    client = client_for(proxy.address)
+    try:
+        payloads = [b"%d" % i for i in range(300)]
+        answers = await asyncio.wait_for(
+            asyncio.gather(*(_echo(client, p) for p in payloads)), 10)
+    finally:
+        await client.close()
+    assert answers == payloads
+    assert proxy.fired(fault) >= 100
+
+
+async def test_scripted_peer_bounds_handlers_per_connection(sock_dir: Path) -> None:
+    async with ScriptedTtrpcPeer(sock_dir, max_inflight=2, default=hang) as peer:
+        client = client_for(peer.address)
+        calls = [asyncio.ensure_future(client.call("svc", "Hang", b"", timeout=0.3))
+                 for _ in range(5)]
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        await client.close()
+    assert all(isinstance(r, DeadlineExceeded) for r in results)
+    assert len(peer.calls) == 2  # the rest were never read
