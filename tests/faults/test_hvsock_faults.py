@@ -31,6 +31,9 @@ from agentio.transports.hvsock import DEFAULT_MAX_LINE, HandshakeClosed
 
 PORT = 1024
 POLICY = DialPolicy(budget=1.0, attempt_timeout=0.5, handshake_timeout=0.3)
+# generous bounds where the error must come from the reply itself, not from a bound running
+# out on a loaded machine
+PATIENT = DialPolicy(budget=20.0, attempt_timeout=10.0, handshake_timeout=10.0)
 ProxyFactory = Callable[..., Awaitable[FaultProxy]]
 
 
@@ -51,9 +54,9 @@ REFUSED = [
 ]
 
 
-async def _dial_fails(address: str) -> BaseException:
+async def _dial_fails(address: str, policy: DialPolicy = POLICY) -> BaseException:
     with pytest.raises(DialError) as caught:
-        transport, _ = await connect(address, lambda: asyncio.Protocol(), POLICY)
+        transport, _ = await connect(address, lambda: asyncio.Protocol(), policy)
         transport.close()
     return caught.value
 
@@ -68,8 +71,8 @@ async def test_garbage_or_endless_reply_is_a_bounded_handshake_error(
     leaks = LeakCheck.start()
     loop = asyncio.get_running_loop()
     started = loop.time()
-    error = await _dial_fails(vmm.address)
-    assert loop.time() - started < POLICY.budget + 0.5
+    error = await _dial_fails(vmm.address, PATIENT)
+    assert loop.time() - started < PATIENT.handshake_timeout  # refused, not timed out
     assert isinstance(error.__cause__, HandshakeError)
     assert not isinstance(error.__cause__, HandshakeClosed)
     assert vmm.accepted == 1  # a malformed reply is final: no retry loop
@@ -121,7 +124,7 @@ async def test_the_handshake_line_limit_is_configuration(
     connects, one a byte longer is refused as a HandshakeError."""
     upstream = await local_agent.serve()
     limits = agentio.Limits(handshake_line=line)
-    config = {"dial_timeout": 1.0, "handshake_timeout": 0.3}
+    config = {"dial_timeout": 20.0, "handshake_timeout": 10.0}  # the reply decides
     digits = line - len(b"OK \n")  # "OK <digits>\n"
     fits = await make_proxy(upstream, framing="raw", vmm_port=PORT, host_port=int("1" * digits))
     too_long = await make_proxy(upstream, framing="raw", vmm_port=PORT,

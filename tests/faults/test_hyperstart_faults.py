@@ -29,6 +29,7 @@ from agentio.testing import Direction, FaultProxy
 ProxyFactory = Callable[..., Awaitable[FaultProxy]]
 CLIENT_LOG = "agentio.protocols.hyperstart.client"
 SEQS = (0, 1 << 40, (1 << 64) - 1, 12345)
+PROMPT = 2.0  # "at once": far below any deadline here, with room for a loaded machine
 
 
 @pytest.fixture
@@ -107,12 +108,12 @@ async def test_guest_death_fails_five_waits_and_later_calls_fast(
     started = loop.time()
     await (ctl_proxy if channel == "ctl" else tty_proxy).kill(reset=True)
     results = await asyncio.wait_for(asyncio.gather(*waits, return_exceptions=True), 10)
-    assert loop.time() - started < 1.0
+    assert loop.time() - started < PROMPT
     assert all(isinstance(r, errors.AgentConnectionError) for r in results), results
     started = loop.time()
     with pytest.raises(errors.AgentConnectionError):
         await container.exec(["true"])
-    assert loop.time() - started < 0.5
+    assert loop.time() - started < PROMPT
     assert (ctl_proxy.accepted, tty_proxy.accepted) == (1, 1)
     with contextlib.suppress(errors.AgentConnectionError):
         await sandbox.destroy()

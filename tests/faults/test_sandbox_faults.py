@@ -20,6 +20,7 @@ from agentio.localagent import LocalAgent
 from agentio.testing import FaultProxy, LeakCheck, ScriptedTtrpcPeer, hang
 
 BOUND = 10.0
+PROMPT = 2.0  # "at once": far below BOUND and the call deadline, with room for load
 ProxyFactory = Callable[..., Awaitable[FaultProxy]]
 
 
@@ -50,17 +51,17 @@ async def test_agent_death_fails_five_waits_and_the_sandbox_stays_failed(
     started = loop.time()
     await proxy.kill(reset=reset)  # the VM is gone; so is its socket
     results = await asyncio.wait_for(asyncio.gather(*waits, return_exceptions=True), BOUND)
-    assert loop.time() - started < 1.0
+    assert loop.time() - started < PROMPT
     assert all(isinstance(r, AgentConnectionError) for r in results), results
     started = loop.time()
     with pytest.raises(ConnectionClosed):  # fails fast: no redial, no deadline to wait out
         await sandbox.create_container(args=["true"])
-    assert loop.time() - started < 0.5
+    assert loop.time() - started < PROMPT
     assert proxy.accepted == 1
     started = loop.time()
     with pytest.raises(AgentConnectionError):  # says the guest could not be told ...
         await sandbox.destroy()
-    assert loop.time() - started < 1.0  # ... at once, and cleans up our side all the same
+    assert loop.time() - started < PROMPT  # ... at once, and cleans up our side all the same
     assert not await leaks.leaked_tasks()
     # the in-process agent still holds its processes' pipes: only our sockets must be gone
     assert not {fd: what for fd, what in leaks.leaked_fds().items() if "socket" in what}
@@ -177,5 +178,5 @@ async def test_a_hung_agent_costs_only_its_own_calls(sock_dir: Path) -> None:
         await asyncio.wait_for(asyncio.gather(*hung), BOUND)
     assert failures == []
     assert len(hung_times) >= 3
-    assert all(HUNG_DEADLINE <= t < HUNG_DEADLINE + 0.5 for t in hung_times), hung_times
-    assert with_hang < baseline * 1.5 + 1.0, (baseline, with_hang)
+    assert all(HUNG_DEADLINE <= t < HUNG_DEADLINE + 1.0 for t in hung_times), hung_times
+    assert with_hang < baseline * 1.5 + 2.0, (baseline, with_hang)

@@ -157,7 +157,7 @@ async def test_long_polls_fail_promptly_when_the_peer_dies(
             asyncio.gather(*polls, return_exceptions=True), BOUND)
         elapsed = loop.time() - started
         assert all(isinstance(r, ConnectionClosed) for r in results), results
-        assert elapsed < 1.0
+        assert elapsed < 2.0  # at once: no deadline (BOUND) was waited for
         assert {r.operation for r in results if isinstance(r, ConnectionClosed)} == {
             "WaitProcess"}
         # the client stays failed, with the original cause, and does not redial
