@@ -5,6 +5,7 @@ sandboxes)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import struct
 import sys
 import time
@@ -17,6 +18,7 @@ import agentio
 from agentio import demo
 from agentio.errors import AgentConnectionError, ConnectionClosed, DeadlineExceeded
 from agentio.localagent import LocalAgent
+from agentio.localagent.hyperstart import LocalHyperstart
 from agentio.testing import FaultProxy, LeakCheck, ScriptedTtrpcPeer, hang
 
 BOUND = 10.0
@@ -90,17 +92,27 @@ async def filled(stream: agentio.OutputStream, size: int) -> None:
     raise AssertionError(f"{stream!r} never filled to {size}")
 
 
+@pytest.mark.parametrize("agent_type", ["kata", "hyperstart"])
 async def test_100mb_to_a_slow_reader_stays_within_the_buffer_bound_in_order(
-    local_agent: LocalAgent,
+    local_agent: LocalAgent, sock_dir: Path, agent_type: str
 ) -> None:
     """The reader stops now and then until the stream's buffer is full: from then on the
-    library stops asking the agent for more, so what the client holds never exceeds
-    ``Limits.stdout_buffer`` plus one read, and the process's RSS does not grow with the
-    100 MB. Every block arrives, in order."""
+    library stops asking the agent for more (Kata: no ReadStdout; hyperstart: the tty channel
+    stops being read), so what the client holds never exceeds ``Limits.stdout_buffer`` plus
+    one read, and the process's RSS does not grow with the 100 MB. Every block arrives, in
+    order."""
     limits = agentio.Limits(stdout_buffer=256 * 1024)
     bound = limits.stdout_buffer + limits.read_chunk
-    address = await local_agent.serve()
-    async with await agentio.Sandbox.create(address, limits=limits) as sandbox:
+    async with contextlib.AsyncExitStack() as stack:
+        if agent_type == "kata":
+            address, config = await local_agent.serve(), None
+        else:
+            hyperstart = await stack.enter_async_context(
+                LocalHyperstart(sock_dir / "hs", drain_timeout=2.0))
+            address, tty = await hyperstart.serve()
+            config = {"tty_address": tty}
+        sandbox = await stack.enter_async_context(await agentio.Sandbox.create(
+            address, agent_type=agent_type, config=config, limits=limits))
         container = await sandbox.create_container(args=["sleep", "1000"])
         await container.start()
         proc = await container.exec([sys.executable, "-c", WRITER])
