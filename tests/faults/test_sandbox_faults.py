@@ -165,8 +165,9 @@ async def test_a_hung_agent_costs_only_its_own_calls(sock_dir: Path) -> None:
     """Sandboxes on a hung agent keep trying calls with a short deadline while 99 sandboxes
     run the demo workload on healthy agents (served by a child process, as VMs would be): every
     hung call fails at its deadline (not before, not much after), the 99 all succeed, and they
-    take no longer than the same 99 without the hung agent (within a margin for a 2-core
-    machine's noise)."""
+    take no longer than the same 99 without the hung agent (within a 2x margin for a shared
+    2-core machine whose load changes between the two runs; a hang that blocked the others
+    would cost them its whole duration, not a fraction)."""
     async with demo.local_agents(HEALTHY) as addresses, \
             ScriptedTtrpcPeer(sock_dir, default=hang) as peer:
         baseline, failures = await _run_healthy(addresses)
@@ -191,4 +192,4 @@ async def test_a_hung_agent_costs_only_its_own_calls(sock_dir: Path) -> None:
     assert failures == []
     assert len(hung_times) >= 3
     assert all(HUNG_DEADLINE <= t < HUNG_DEADLINE + 1.0 for t in hung_times), hung_times
-    assert with_hang < baseline * 1.5 + 2.0, (baseline, with_hang)
+    assert with_hang < baseline * 2.0 + 2.0, (baseline, with_hang)
