@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 ARGS   ?=
 
-.PHONY: demo test lint protos bench clean
+.PHONY: demo test lint protos bench soak clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,10 @@ protos: $(STAMP)
 ## bench: throughput figures against the local agent, with an in-run baseline
 bench: $(STAMP)
 	$(PY) -m bench $(ARGS)
+
+## soak: the demo workload on many sandboxes with random faults (ARGS="--duration 600")
+soak: $(STAMP)
+	$(PY) -m bench.soak $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

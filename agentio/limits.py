@@ -29,6 +29,8 @@ class Limits:
             reach end of stream (a background child can hold stdout open forever).
         teardown_timeout: bound on one teardown (closing a process, removing a container,
             destroying a sandbox), which runs to its end even if the caller was cancelled.
+        handshake_line: longest hybrid-vsock ``OK <port>`` reply read from the VMM; a longer
+            or endless line is a :class:`~agentio.errors.HandshakeError`.
     """
 
     max_message: int = 4 * MIB
@@ -39,6 +41,7 @@ class Limits:
     stdin_buffer: int = 1 * MIB
     drain_timeout: float = 5.0
     teardown_timeout: float = 30.0
+    handshake_line: int = 64  # agentio.transports.hvsock.DEFAULT_MAX_LINE
 
     def __post_init__(self) -> None:
         for name in ("max_message", "max_pending_calls", "stdout_buffer", "read_chunk",
@@ -51,6 +54,8 @@ class Limits:
             raise ConfigError("Limits.drain_timeout must not be negative")
         if not self.teardown_timeout > 0:
             raise ConfigError("Limits.teardown_timeout must be positive")
+        if self.handshake_line < len(b"OK 0\n"):
+            raise ConfigError("Limits.handshake_line is too small for any hybrid-vsock reply")
 
 
 DEFAULT_LIMITS = Limits()

@@ -32,6 +32,11 @@ class OutputStream:
         self._space.set()
         self._settled = asyncio.Event()
 
+    @property
+    def buffered(self) -> int:
+        """Bytes received from the agent and not read yet (at most ``limit`` + one read)."""
+        return len(self._buffer)
+
     def __repr__(self) -> str:
         state = "eof" if self._eof else "error" if self._exception else "open"
         return f"<OutputStream {self.name} {state} buffered={len(self._buffer)}>"

@@ -67,7 +67,7 @@ def open_agent(
     target = parse_address(address) if isinstance(address, str) else address
     if kind in (AgentType.KATA, AgentType.KATA1):
         settings = decode_config(KataConfig, config, what=str(kind))
-        policy = settings.dial_policy()
+        policy = settings.dial_policy(limits)
 
         def connector(factory: Any) -> Any:
             return connect(target, factory, policy)
@@ -99,7 +99,7 @@ def _open_hyperstart(target: Address, sandbox_id: str, config: Mapping[str, Any]
     from .hyperstart import HyperstartAgent
 
     settings = decode_config(HyperstartConfig, config, what="hyperstart")
-    tty, policy = settings.tty_for(target), settings.dial_policy()
+    tty, policy = settings.tty_for(target), settings.dial_policy(limits)
 
     def dial(address: Address) -> Any:
         return lambda factory: connect(address, factory, policy)

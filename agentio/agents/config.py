@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from typing import Any, TypeVar
 
 from ..errors import ConfigError
+from ..limits import DEFAULT_LIMITS, Limits
 from ..transports import Address, DialPolicy, parse_address
 
 C = TypeVar("C")
@@ -41,11 +42,12 @@ class KataConfig:
             if not (math.isfinite(value) and value > 0):
                 raise ConfigError(f"kata config: {field.name} must be a positive number")
 
-    def dial_policy(self) -> DialPolicy:
-        """The transport's dial policy for these settings."""
+    def dial_policy(self, limits: Limits = DEFAULT_LIMITS) -> DialPolicy:
+        """The transport's dial policy for these settings (and the handshake line limit)."""
         return DialPolicy(budget=self.dial_timeout,
                           attempt_timeout=min(self.dial_attempt_timeout, self.dial_timeout),
-                          handshake_timeout=self.handshake_timeout)
+                          handshake_timeout=self.handshake_timeout,
+                          handshake_max_line=limits.handshake_line)
 
 
 HYPERSTART_CTL_PORT = 2718
@@ -105,11 +107,12 @@ class HyperstartConfig:
             return Address.hvsock(ctl.path, HYPERSTART_TTY_PORT)
         raise ConfigError("hyperstart config: tty_address is required with a unix ctl address")
 
-    def dial_policy(self) -> DialPolicy:
-        """The transport's dial policy for these settings."""
+    def dial_policy(self, limits: Limits = DEFAULT_LIMITS) -> DialPolicy:
+        """The transport's dial policy for these settings (and the handshake line limit)."""
         return DialPolicy(budget=self.dial_timeout,
                           attempt_timeout=min(self.dial_attempt_timeout, self.dial_timeout),
-                          handshake_timeout=self.handshake_timeout)
+                          handshake_timeout=self.handshake_timeout,
+                          handshake_max_line=limits.handshake_line)
 
 
 def decode_config(cls: type[C], values: Mapping[str, Any] | None, *, what: str) -> C:

@@ -109,6 +109,11 @@ class TtrpcConnection(asyncio.Protocol):
         """Calls awaiting their answer."""
         return len(self._pending)
 
+    @property
+    def buffered(self) -> int:
+        """Received bytes held for an incomplete frame (never more than one frame's worth)."""
+        return self._decoder.buffered
+
     # --- asyncio.Protocol ----------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:

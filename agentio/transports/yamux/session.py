@@ -131,6 +131,11 @@ class YamuxStream(asyncio.Transport):
     def __repr__(self) -> str:
         return f"<YamuxStream {self.stream_id} {'closed' if self._lost else 'open'}>"
 
+    @property
+    def buffered(self) -> int:
+        """Received bytes not delivered to the protocol yet (at most one receive window)."""
+        return sum(map(len, self._in))
+
     # --- asyncio.BaseTransport ----------------------------------------------------------
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
