@@ -33,10 +33,9 @@ import asyncio
 import logging
 import math
 import signal as signals
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Mapping
 
-from ..errors import AgentError, ConfigError, UnsupportedOperation
+from ..errors import AgentError, ConfigError
 from ..limits import DEFAULT_LIMITS, Limits
 from ..protocols.hyperstart import messages
 from ..protocols.hyperstart.client import HyperstartClient, ProcessIO
@@ -82,10 +81,6 @@ class HyperstartAgent(Agent):
 
     def __repr__(self) -> str:
         return f"<HyperstartAgent sandbox={self.sandbox_id or '?'}>"
-
-    def _unsupported(self, operation: str) -> UnsupportedOperation:
-        return UnsupportedOperation("not supported by the hyperstart agent",
-                                    operation=operation, sandbox=self.sandbox_id)
 
     # -- plumbing ------------------------------------------------------------------------------
 
@@ -361,15 +356,6 @@ class HyperstartAgent(Agent):
         """READFILE: the bytes of ``path`` inside a container."""
         return await self._call(messages.read_file(container_id, path), timeout=timeout,
                                 container=container_id)
-
-    async def list_processes(
-        self, container_id: str, *, format: str = "json", args: Sequence[str] = (),
-        timeout: float | None = None,
-    ) -> bytes:
-        raise self._unsupported("list_processes")
-
-    async def guest_details(self, *, timeout: float | None = None) -> Mapping[str, Any]:
-        raise self._unsupported("guest_details")
 
 
 def _hyper_process(process_id: str, oci: OciMapping, stdio: int, stderr: int) -> HyperProcess:
