@@ -261,3 +261,25 @@ async def test_wait_before_reading_still_gets_all_the_output(local: LocalHyperst
         assert proc.stdout is not None and proc.stderr is not None
         assert await proc.stdout.read() == bytes(50_000)
         assert await proc.stderr.read() == b"e\n"
+
+
+async def test_long_polls_bounded_by_the_caller_raise_a_typed_timeout(
+    local: LocalHyperstart,
+) -> None:
+    async with await _sandbox(local) as sandbox:
+        container = await sandbox.create_container("c1", ["sleep", "1000"])
+        await container.start()
+        agent = sandbox.agent
+        await agent.exec_process("c1", "quiet", agentio.ProcessSpec(args=["sleep", "1000"]))
+        for poll in (agent.read_stdout("c1", "quiet", 10, timeout=0.05),
+                     agent.read_stderr("c1", "quiet", 10, timeout=0.05),
+                     agent.wait_process("c1", "quiet", timeout=0.05)):
+            with pytest.raises(errors.AgentTimeout) as info:
+                await poll
+            assert info.value.context == {"sandbox": sandbox.id, "container": "c1",
+                                          "exec": "quiet"}
+        with pytest.raises(errors.NotFound) as missing:
+            await agent.wait_process("c1", "nope", timeout=0.05)
+        assert missing.value.operation == "wait_process"
+        await agent.signal_process("c1", "quiet", signal.SIGKILL)
+        assert await agent.wait_process("c1", "quiet", timeout=5) == 0
