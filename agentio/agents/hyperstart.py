@@ -326,7 +326,11 @@ class HyperstartAgent(Agent):
         self, cpus: int, *, cpu_only: bool = False, wait: bool = True,
         timeout: float | None = None,
     ) -> None:
-        """ONLINECPUMEM: hyperstart brings every hot-added CPU and memory block online."""
+        """ONLINECPUMEM: hyperstart brings every hot-added CPU and memory block online, and
+        answers once done (``wait=False`` waits all the same). It cannot leave memory out:
+        ``cpu_only`` is refused."""
+        if cpu_only:
+            raise self._unsupported("online_cpu_mem with cpu_only (memory comes online too)")
         await self._call(messages.online_cpu_mem(), timeout=timeout)
 
     async def copy_file(

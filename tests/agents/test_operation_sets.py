@@ -128,6 +128,8 @@ async def test_hyperstart_refuses_what_it_cannot_do_without_touching_the_guest(
 
 async def test_hyperstart_refuses_sandbox_features_it_lacks() -> None:
     agent = open_agent("vsock://3:2718", "hyperstart")
+    with pytest.raises(errors.UnsupportedOperation, match="cpu_only"):
+        await agent.online_cpu_mem(2, cpu_only=True)
     for spec in (SandboxSpec(sandbox_id="s", kernel_modules=["m"]),
                  SandboxSpec(sandbox_id="s", guest_hook_path="/hooks"),
                  SandboxSpec(sandbox_id="s", sandbox_pidns=True)):
