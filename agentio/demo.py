@@ -10,6 +10,11 @@ a shell writing to stderr and exiting 3, a ``sleep`` stopped with SIGTERM (statu
 for the container's stats, remove the container, destroy the sandbox. Every public call
 that reaches the agent counts as one operation. The exit status is 0 only if every sandbox
 succeeded.
+
+What differs between agent types is in :data:`PROFILES`: the local agent child's arguments,
+how one line it prints becomes an address and a config, and what the agent can show. On
+hyperstart a signalled process reports status 0 and there are no stats; the noop agent needs
+no child and produces no output, so its operations are counted and nothing is verified.
 """
 
 from __future__ import annotations
@@ -36,7 +41,6 @@ log = logging.getLogger(__name__)
 
 CAT_BYTES = 64 * 1024
 EXIT_CODE = 3
-SIGTERM_STATUS = 128 + signal.SIGTERM
 STARTUP_TIMEOUT = 30.0
 """Seconds the local agent child gets to print every address."""
 CHILD_STOP_TIMEOUT = 5.0
@@ -47,8 +51,46 @@ CLEANUP_TIMEOUT = 10.0
 """Seconds the destroy of a failed sandbox may take."""
 
 
-LOCAL_AGENT_TYPES = (AgentType.KATA,)
-"""Agent types the embedded local agent child can serve."""
+@dataclasses.dataclass(frozen=True)
+class AgentProfile:
+    """How the demo serves and checks one agent type.
+
+    Attributes:
+        child_args: arguments of ``python -m agentio.localagent`` serving this type (None:
+            no child, the agent needs no guest).
+        split_tty: each served guest is printed as ``CTL TTY``: the address is the ctl
+            channel and ``tty_address`` the tty one (hyperstart).
+        verify: the agent's processes really run, so their output and status are checked.
+        sigterm_status: the exit status the agent reports after SIGTERM.
+        stats: the agent reports container stats.
+    """
+
+    child_args: tuple[str, ...] | None = ()
+    split_tty: bool = False
+    verify: bool = True
+    sigterm_status: int = 128 + signal.SIGTERM
+    stats: bool = True
+
+    def target(self, line: str) -> tuple[str, dict[str, Any]]:
+        """The address and config of one served agent, from the line naming it."""
+        if self.split_tty:
+            ctl, _, tty = line.partition(" ")
+            return ctl, ({"tty_address": tty.strip()} if tty.strip() else {})
+        return line, {}
+
+
+PROFILES: dict[AgentType, AgentProfile] = {
+    AgentType.KATA: AgentProfile(),
+    AgentType.HYPERSTART: AgentProfile(child_args=("--agent", "hyperstart"), split_tty=True,
+                                       sigterm_status=0, stats=False),
+    AgentType.NOOP: AgentProfile(child_args=None, verify=False),
+}
+"""Agent types the demo runs without --address, and how."""
+
+
+def profile_of(agent: AgentType) -> AgentProfile:
+    """The agent type's profile (a Kata-like one for types only reachable by --address)."""
+    return PROFILES.get(agent, PROFILES[AgentType.KATA])
 
 
 class CheckFailed(Exception):
@@ -127,7 +169,8 @@ def _parser() -> argparse.ArgumentParser:
              "sandbox (default 1; 0 runs until interrupted)")
     add("--address", action="append", default=[], dest="addresses", metavar="URL",
         help="drive the agent at URL instead of starting one (repeatable; one sandbox at a "
-             "time per address)")
+             "time per address; for hyperstart 'CTL_URL TTY_URL', one sandbox per guest "
+             "as DESTROYPOD powers it off)")
     add("--agent", type=_agent_type, default=AgentType.KATA,
         help="agent type: " + ", ".join(t.value for t in AgentType) + " (default kata)")
     add("--timeout", type=_positive_float, default=60.0,
@@ -145,10 +188,10 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
     """The :class:`Options` of a command line (exits with status 2 on a bad one)."""
     parser = _parser()
     ns = parser.parse_args(argv)
-    if not ns.addresses and ns.agent not in LOCAL_AGENT_TYPES:
+    if not ns.addresses and ns.agent not in PROFILES:
         parser.error(f"the local agent does not serve the {ns.agent} agent yet; give --address "
                      f"of a real one, or use --agent "
-                     + " or ".join(t.value for t in LOCAL_AGENT_TYPES))
+                     + " or ".join(t.value for t in PROFILES))
     return Options(sandboxes=ns.sandboxes, concurrency=ns.concurrency, rounds=ns.rounds,
                    addresses=tuple(ns.addresses), agent=ns.agent, timeout=ns.timeout,
                    dial_timeout=ns.dial_timeout, call_timeout=ns.call_timeout, json=ns.json,
@@ -185,6 +228,7 @@ class Summary:
     sandboxes: int
     """Sandbox runs planned (sandboxes x rounds); 0 when running until interrupted."""
     agent: str
+    verified: bool = True
     operations: int = 0
     bytes_verified: int = 0
     failures: list[Failure] = dataclasses.field(default_factory=list)
@@ -211,7 +255,8 @@ class Summary:
         return {
             "sandboxes": self.sandboxes, "agent": self.agent, "completed": self.done,
             "succeeded": self.done - len(self.failures), "failures": len(self.failures),
-            "operations": self.operations, "bytes_verified": self.bytes_verified,
+            "operations": self.operations, "verified": self.verified,
+            "bytes_verified": self.bytes_verified,
             "wall_time_s": round(self.wall_time, 3), "ops_per_s": round(self.ops_per_s, 1),
             "errors": [dataclasses.asdict(f) for f in self.failures],
         }
@@ -221,7 +266,8 @@ class Summary:
             f"sandboxes       {self.sandboxes} ({self.agent} agent; "
             f"{self.done - len(self.failures)} ok)",
             f"operations      {self.operations}",
-            f"bytes verified  {self.bytes_verified}",
+            f"bytes verified  {self.bytes_verified}" if self.verified else
+            f"bytes verified  none: the {self.agent} agent runs nothing (operations only)",
             f"failures        {len(self.failures)}",
             f"wall time       {self.wall_time:.2f} s",
             f"ops/s           {self.ops_per_s:.0f}",
@@ -235,54 +281,57 @@ class Summary:
 # -- the workload of one sandbox -----------------------------------------------------------
 
 
-def _expect(what: str, got: object, wanted: object) -> None:
-    if got != wanted:
+def _expect(what: str, got: object, wanted: object, verify: bool = True) -> None:
+    if verify and got != wanted:
         if isinstance(got, bytes) and isinstance(wanted, bytes) and len(wanted) > 80:
             raise CheckFailed(f"{what}: got {len(got)} bytes that differ from the "
                               f"{len(wanted)} expected")
         raise CheckFailed(f"{what}: got {got!r}, expected {wanted!r}")
 
 
-async def _run_and_check(container: Container, tally: Tally, args: list[str], *,
-                         stdin: bytes = b"", stdout: bytes = b"", stderr: bytes = b"",
-                         status: int = 0) -> None:
+async def _run_and_check(container: Container, tally: Tally, profile: AgentProfile,
+                         args: list[str], *, stdin: bytes = b"", stdout: bytes = b"",
+                         stderr: bytes = b"", status: int = 0) -> None:
     """Exec ``args``, feed ``stdin``, check both outputs and the exit status exactly."""
     proc = await container.exec(args)
     out, err = await proc.communicate(stdin or None)
     tally.op(2)  # exec, then the wait that communicate ends with
-    label = args[0]
-    _expect(f"{label} stdout", out, stdout)
-    _expect(f"{label} stderr", err, stderr)
-    _expect(f"{label} exit status", proc.returncode, status)
-    tally.bytes_verified += len(out) + len(err)
+    label, verify = args[0], profile.verify
+    _expect(f"{label} stdout", out, stdout, verify)
+    _expect(f"{label} stderr", err, stderr, verify)
+    _expect(f"{label} exit status", proc.returncode, status, verify)
+    if verify:
+        tally.bytes_verified += len(out) + len(err)
 
 
-async def _check_sigterm(container: Container, tally: Tally) -> None:
-    """A long sleep stopped by SIGTERM exits with 128 + 15."""
+async def _check_sigterm(container: Container, tally: Tally, profile: AgentProfile) -> None:
+    """A long sleep stopped by SIGTERM exits with 128 + 15 (hyperstart: 0)."""
     proc: Process = await container.exec(["sleep", "1000"])
     await proc.send_signal(signal.SIGTERM)
     status = await proc.wait()
     tally.op(3)
-    _expect("sleep exit status after SIGTERM", status, SIGTERM_STATUS)
+    _expect("sleep exit status after SIGTERM", status, profile.sigterm_status, profile.verify)
 
 
-async def _exercise(sandbox: Sandbox, tally: Tally, token: str) -> None:
+async def _exercise(sandbox: Sandbox, tally: Tally, token: str, profile: AgentProfile) -> None:
     """Everything done inside one created sandbox, up to removing its container."""
     container = await sandbox.create_container(args=["sleep", "infinity"])
     tally.op()
     await container.start()
     tally.op()
-    await _run_and_check(container, tally, ["echo", token], stdout=f"{token}\n".encode())
+    await _run_and_check(container, tally, profile, ["echo", token],
+                         stdout=f"{token}\n".encode())
     data = os.urandom(CAT_BYTES)
-    await _run_and_check(container, tally, ["cat"], stdin=data, stdout=data)
-    await _run_and_check(container, tally,
+    await _run_and_check(container, tally, profile, ["cat"], stdin=data, stdout=data)
+    await _run_and_check(container, tally, profile,
                          ["sh", "-c", f'printf "%s" "$1" >&2; exit {EXIT_CODE}', "sh", token],
                          stderr=token.encode(), status=EXIT_CODE)
-    await _check_sigterm(container, tally)
-    stats = await container.stats()
-    tally.op()
-    if stats.pids < 1:
-        raise CheckFailed(f"stats: {stats.pids} pids in a running container")
+    await _check_sigterm(container, tally, profile)
+    if profile.stats:
+        stats = await container.stats()
+        tally.op()
+        if profile.verify and stats.pids < 1:
+            raise CheckFailed(f"stats: {stats.pids} pids in a running container")
     await container.remove()
     tally.op()
 
@@ -297,13 +346,18 @@ async def _destroy_quietly(sandbox: Sandbox) -> None:
 
 
 async def run_sandbox(options: Options, address: str, sandbox_id: str, tally: Tally) -> None:
-    """The whole workload of one sandbox; raises on the first thing that is wrong."""
-    sandbox = await Sandbox.create(address, sandbox_id=sandbox_id, agent_type=options.agent,
-                                   config=options.agent_config(),
+    """The whole workload of one sandbox; raises on the first thing that is wrong.
+
+    ``address`` is the agent's line: a URL, or ``CTL TTY`` URLs for hyperstart.
+    """
+    profile = profile_of(options.agent)
+    url, config = profile.target(address)
+    sandbox = await Sandbox.create(url, sandbox_id=sandbox_id, agent_type=options.agent,
+                                   config={**config, **(options.agent_config() or {})} or None,
                                    limits=Limits(drain_timeout=min(5.0, options.timeout)))
     tally.op()
     try:
-        await _exercise(sandbox, tally, token=f"{sandbox_id}-{os.urandom(8).hex()}")
+        await _exercise(sandbox, tally, f"{sandbox_id}-{os.urandom(8).hex()}", profile)
     except asyncio.CancelledError:  # interrupted, not failed: clean up without a word
         with contextlib.suppress(AgentError, TimeoutError):
             async with asyncio.timeout(CLEANUP_TIMEOUT):
@@ -421,13 +475,14 @@ def _terminate_with_parent() -> None:
 
 
 @contextlib.asynccontextmanager
-async def local_agents(count: int, *, verbose: bool = False) -> AsyncIterator[list[str]]:
+async def local_agents(count: int, *, verbose: bool = False,
+                       child_args: Sequence[str] = ()) -> AsyncIterator[list[str]]:
     """Serve ``count`` agents from a child process in a private temporary directory;
-    their addresses. The child is stopped and the directory removed on exit."""
+    the lines naming them. The child is stopped and the directory removed on exit."""
     directory = tempfile.mkdtemp(prefix="agentio-demo-")  # mode 0700
     try:
         command = [sys.executable, "-m", "agentio.localagent", "--count", str(count),
-                   "--dir", directory, *(["-v"] if verbose else [])]
+                   "--dir", directory, *child_args, *(["-v"] if verbose else [])]
         try:
             # Its own session: a Ctrl-C at the terminal reaches only us, so the sandboxes are
             # destroyed while their agent still answers; then we stop the child ourselves.
@@ -493,11 +548,18 @@ async def _drive(options: Options, addresses: Sequence[str], summary: Summary) -
 
 async def run_demo(options: Options) -> Summary:
     """Run the demo: the given agents, or a local agent child serving one per sandbox."""
-    summary = Summary(sandboxes=options.sandboxes * options.rounds, agent=options.agent.value)
+    profile = profile_of(options.agent)
+    summary = Summary(sandboxes=options.sandboxes * options.rounds, agent=options.agent.value,
+                      verified=profile.verify)
     if options.addresses:
         await _drive(options, options.addresses, summary)
         return summary
-    async with local_agents(options.sandboxes, verbose=options.verbose) as addresses:
+    if profile.child_args is None:  # nothing to serve: one placeholder per sandbox
+        await _drive(options, [f"{options.agent}-{i}" for i in range(options.sandboxes)],
+                     summary)
+        return summary
+    async with local_agents(options.sandboxes, verbose=options.verbose,
+                            child_args=profile.child_args) as addresses:
         await _drive(options, addresses, summary)
     return summary
 

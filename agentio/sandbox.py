@@ -82,7 +82,8 @@ class Sandbox:
         """Connect to the agent at ``address`` and set a sandbox up in it.
 
         ``address`` is a URL (``unix:///path``, ``vsock://CID:PORT``,
-        ``hvsock:///path/to/vmm.sock:PORT``); ``config`` holds agent-specific settings.
+        ``hvsock:///path/to/vmm.sock:PORT``; hyperstart's ctl channel; ignored by ``noop``);
+        ``config`` holds the agent type's settings (see :func:`~agentio.agents.open_agent`).
         """
         sandbox_id = sandbox_id or _new_id("sb")
         spec = SandboxSpec(sandbox_id=sandbox_id, hostname=hostname or sandbox_id[:12])

@@ -16,12 +16,23 @@ from pathlib import Path
 
 import pytest
 
+import agentio.demo
 from agentio import AgentType
-from agentio.demo import Options, Summary, local_agents, main, parse_args, run_demo, show_progress
+from agentio.demo import (
+    PROFILES,
+    Options,
+    Summary,
+    local_agents,
+    main,
+    parse_args,
+    run_demo,
+    show_progress,
+)
 
 # per sandbox: create sandbox, create + start container, 3 x (exec + communicate),
 # exec + signal + wait, stats, remove, destroy
 OPS_PER_SANDBOX = 15
+HYPERSTART_OPS_PER_SANDBOX = OPS_PER_SANDBOX - 1  # no stats
 TOKEN_LEN = len("demo-abcdef-0000-") + 16
 BYTES_PER_SANDBOX = (TOKEN_LEN + 1) + 64 * 1024 + TOKEN_LEN  # echo, cat, stderr
 
@@ -230,3 +241,63 @@ def test_rounds_run_fresh_sandboxes_on_the_same_agents() -> None:
     summary = json.loads(done.stdout)
     assert summary["sandboxes"] == summary["succeeded"] == 6
     assert summary["operations"] == 6 * OPS_PER_SANDBOX
+
+
+# -- other agent types -----------------------------------------------------------------------
+
+
+async def test_hyperstart_sandboxes_against_a_local_child_verify_every_byte() -> None:
+    before = _children()
+    summary = await run_demo(_quiet(agent=AgentType.HYPERSTART, sandboxes=4, concurrency=3))
+    assert summary.failures == []
+    assert summary.ok and summary.done == 4 and summary.verified
+    assert summary.operations == 4 * HYPERSTART_OPS_PER_SANDBOX
+    assert summary.bytes_verified == 4 * BYTES_PER_SANDBOX
+    assert _children() <= before
+
+
+async def test_hyperstart_by_address_takes_ctl_and_tty_urls() -> None:
+    async with local_agents(2, child_args=PROFILES[AgentType.HYPERSTART].child_args or ()
+                            ) as lines:
+        assert all(len(line.split()) == 2 for line in lines)  # "CTL TTY"
+        # one sandbox per guest: DESTROYPOD powers a hyperstart guest off
+        summary = await run_demo(_quiet(agent=AgentType.HYPERSTART, addresses=tuple(lines),
+                                        sandboxes=2))
+    assert summary.failures == [] and summary.done == 2
+    assert summary.bytes_verified == 2 * BYTES_PER_SANDBOX
+
+
+def test_a_line_becomes_an_address_and_a_config() -> None:
+    hyperstart, kata = PROFILES[AgentType.HYPERSTART], PROFILES[AgentType.KATA]
+    assert hyperstart.target("unix:///d/0.ctl unix:///d/0.tty") == (
+        "unix:///d/0.ctl", {"tty_address": "unix:///d/0.tty"})
+    assert hyperstart.target("vsock://3:2718") == ("vsock://3:2718", {})  # tty derived
+    assert kata.target("unix:///d/0.sock") == ("unix:///d/0.sock", {})
+
+
+async def test_noop_needs_no_child_counts_operations_and_verifies_nothing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def no_child(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the noop agent needs no local agent child")
+
+    monkeypatch.setattr(agentio.demo, "local_agents", no_child)
+    summary = await run_demo(_quiet(agent=AgentType.NOOP, sandboxes=6, concurrency=4))
+    assert summary.ok and summary.failures == [] and summary.done == 6
+    assert summary.operations == 6 * OPS_PER_SANDBOX
+    assert (summary.verified, summary.bytes_verified) == (False, 0)
+    assert re.search(r"^bytes verified  none: the noop agent runs nothing", summary.as_text(),
+                     re.M)
+    assert summary.as_dict()["verified"] is False
+
+
+def test_noop_program_prints_its_summary(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--agent", "noop", "--sandboxes", "3", "-q", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert (summary["agent"], summary["succeeded"], summary["verified"]) == ("noop", 3, False)
+    assert summary["operations"] == 3 * OPS_PER_SANDBOX
+
+
+def test_every_served_type_is_accepted_without_an_address() -> None:
+    for kind in PROFILES:
+        assert parse_args(["--agent", kind.value]).agent is kind

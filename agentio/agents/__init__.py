@@ -13,11 +13,13 @@ from typing import Any
 from ..errors import ConfigError
 from ..limits import DEFAULT_LIMITS, Limits
 from ..protocols.grpc import GrpcClient
+from ..protocols.hyperstart.client import HyperstartClient
 from ..protocols.ttrpc import TtrpcClient
 from ..transports import Address, connect, parse_address
 from .agent_type import AgentType
 from .base import Agent
-from .config import KataConfig, decode_config
+from .config import HyperstartConfig, KataConfig, decode_config
+from .hyperstart import HyperstartAgent
 from .kata import KataAgent
 from .kata1 import Kata1Agent
 from .noop import NoopAgent
@@ -34,6 +36,8 @@ __all__ = [
     "AgentType",
     "AgentVersion",
     "ContainerStats",
+    "HyperstartAgent",
+    "HyperstartConfig",
     "Kata1Agent",
     "KataAgent",
     "KataConfig",
@@ -55,8 +59,10 @@ def open_agent(
 ) -> Agent:
     """The agent of ``agent_type`` at ``address``; nothing is dialled until the first call.
 
-    ``config`` is the agent type's settings as a plain mapping (see :class:`KataConfig`);
-    unknown keys and wrong types raise :class:`~agentio.errors.ConfigError`.
+    ``config`` is the agent type's settings as a plain mapping (:class:`KataConfig` for
+    ``kata`` and ``kata1``, :class:`HyperstartConfig` for ``hyperstart``, nothing for
+    ``noop``, which ignores ``address``); unknown keys and wrong types raise
+    :class:`~agentio.errors.ConfigError` naming the field.
     """
     kind = AgentType.parse(agent_type)
     if kind is AgentType.NOOP:
@@ -94,10 +100,6 @@ class _NoConfig:
 def _open_hyperstart(target: Address, sandbox_id: str, config: Mapping[str, Any] | None,
                      limits: Limits) -> Agent:
     """hyperstart: ``target`` is the ctl channel, the config names (or implies) the tty one."""
-    from ..protocols.hyperstart.client import HyperstartClient
-    from .config import HyperstartConfig
-    from .hyperstart import HyperstartAgent
-
     settings = decode_config(HyperstartConfig, config, what="hyperstart")
     tty, policy = settings.tty_for(target), settings.dial_policy(limits)
 

@@ -35,8 +35,10 @@ class Agent(abc.ABC):
         self.limits = limits
 
     def _unsupported(self, operation: str) -> UnsupportedOperation:
-        return UnsupportedOperation(f"not supported by the {self.agent_type} agent",
-                                    operation=operation)
+        """The error of an operation this agent type cannot do (naming the type and sandbox)."""
+        return UnsupportedOperation(f"not supported by {self.agent_type}",
+                                    operation=operation,
+                                    sandbox=getattr(self, "sandbox_id", ""))
 
     # -- connection ------------------------------------------------------------------------
 

@@ -126,8 +126,8 @@ def decode_config(cls: type[C], values: Mapping[str, Any] | None, *, what: str) 
     kwargs: dict[str, Any] = {}
     for key, value in values.items():
         if key not in fields:
-            raise ConfigError(f"{what} config: unknown field {key!r} "
-                              f"(known: {', '.join(sorted(fields))})")
+            known = f"known: {', '.join(sorted(fields))}" if fields else "it takes none"
+            raise ConfigError(f"{what} config: unknown field {key!r} ({known})")
         kwargs[key] = _check_type(f"{what} config: {key}", hints[key], value)
     return cls(**kwargs)
 

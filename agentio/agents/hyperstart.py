@@ -33,10 +33,10 @@ import asyncio
 import logging
 import math
 import signal as signals
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TypeVar
 
-from ..errors import AgentError, ConfigError, UnsupportedOperation
+from ..errors import AgentError, AgentTimeout, ConfigError
 from ..limits import DEFAULT_LIMITS, Limits
 from ..protocols.hyperstart import messages
 from ..protocols.hyperstart.client import HyperstartClient, ProcessIO
@@ -53,6 +53,8 @@ from .specs import (
 )
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 DEFAULT_CALL_TIMEOUT = 60.0
 
@@ -83,15 +85,12 @@ class HyperstartAgent(Agent):
     def __repr__(self) -> str:
         return f"<HyperstartAgent sandbox={self.sandbox_id or '?'}>"
 
-    def _unsupported(self, operation: str) -> UnsupportedOperation:
-        return UnsupportedOperation("not supported by the hyperstart agent",
-                                    operation=operation, sandbox=self.sandbox_id)
-
     # -- plumbing ------------------------------------------------------------------------------
 
-    def _bound(self, timeout: float | None) -> float | None:
+    def _bound(self, timeout: float | None, long_poll: bool = False) -> float | None:
+        """The deadline of a call: the default for ordinary ones, none for long polls."""
         if timeout is None:
-            return self.call_timeout
+            return None if long_poll else self.call_timeout
         return None if math.isinf(timeout) else timeout
 
     async def _client(self, timeout: float | None) -> HyperstartClient:
@@ -272,62 +271,54 @@ class HyperstartAgent(Agent):
         await self._call(messages.winsize(container_id, exec_id, rows, cols), timeout=timeout,
                          container=container_id, exec_id=exec_id)
 
+    async def _stdio(self, operation: str, container_id: str, exec_id: str,
+                     timeout: float | None, action: Callable[[ProcessIO], Awaitable[T]]) -> T:
+        """One stdio long poll on a tracked process, bounded by ``timeout`` (none by default);
+        every failure names the operation and ids, a timeout included."""
+        io = self._io(operation, container_id, exec_id)
+        bound = self._bound(timeout, long_poll=True)
+        try:
+            async with asyncio.timeout(bound):
+                return await action(io)
+        except AgentError as exc:
+            raise exc.add_context(operation=operation, sandbox=self.sandbox_id,
+                                  container=container_id, exec=exec_id) from None
+        except TimeoutError:
+            raise AgentTimeout(f"nothing within {bound:g} s", operation=operation,
+                               sandbox=self.sandbox_id, container=container_id,
+                               exec=exec_id) from None
+
     async def write_stdin(
         self, container_id: str, exec_id: str, data: bytes, *, timeout: float | None = None
     ) -> int:
-        io = self._io("write_stdin", container_id, exec_id)
-        try:
-            async with asyncio.timeout(None if timeout is None or math.isinf(timeout)
-                                       else timeout):
-                return await self.client.write_stdin(io, bytes(data))
-        except AgentError as exc:
-            raise exc.add_context(operation="write_stdin", sandbox=self.sandbox_id,
-                                  container=container_id, exec=exec_id) from None
+        payload = bytes(data)
+        return await self._stdio("write_stdin", container_id, exec_id, timeout,
+                                 lambda io: self.client.write_stdin(io, payload))
 
     async def close_stdin(
         self, container_id: str, exec_id: str, *, timeout: float | None = None
     ) -> None:
         if self.client.recently_finished(container_id, exec_id):
             return  # it exited and was forgotten: its stdin is closed already
-        io = self._io("close_stdin", container_id, exec_id)
-        try:
-            await self.client.close_stdin(io)
-        except AgentError as exc:
-            raise exc.add_context(operation="close_stdin", sandbox=self.sandbox_id,
-                                  container=container_id, exec=exec_id) from None
+        await self._stdio("close_stdin", container_id, exec_id, timeout, self.client.close_stdin)
 
     async def read_stdout(
         self, container_id: str, exec_id: str, size: int, *, timeout: float | None = None
     ) -> bytes:
-        return await self._read("stdout", container_id, exec_id, size, timeout)
+        return await self._stdio("read_stdout", container_id, exec_id, timeout,
+                                 lambda io: io.read("stdout", size))
 
     async def read_stderr(
         self, container_id: str, exec_id: str, size: int, *, timeout: float | None = None
     ) -> bytes:
-        return await self._read("stderr", container_id, exec_id, size, timeout)
-
-    async def _read(self, stream: str, container_id: str, exec_id: str, size: int,
-                    timeout: float | None) -> bytes:
-        io = self._io(f"read_{stream}", container_id, exec_id)
-        try:
-            async with asyncio.timeout(None if timeout is None or math.isinf(timeout)
-                                       else timeout):
-                return await io.read(stream, size)
-        except AgentError as exc:
-            raise exc.add_context(operation=f"read_{stream}", sandbox=self.sandbox_id,
-                                  container=container_id, exec=exec_id) from None
+        return await self._stdio("read_stderr", container_id, exec_id, timeout,
+                                 lambda io: io.read("stderr", size))
 
     async def wait_process(
         self, container_id: str, exec_id: str, *, timeout: float | None = None
     ) -> int:
-        io = self._io("wait_process", container_id, exec_id)
-        try:
-            async with asyncio.timeout(None if timeout is None or math.isinf(timeout)
-                                       else timeout):
-                return await io.wait(self.limits.drain_timeout)
-        except AgentError as exc:
-            raise exc.add_context(operation="wait_process", sandbox=self.sandbox_id,
-                                  container=container_id, exec=exec_id) from None
+        return await self._stdio("wait_process", container_id, exec_id, timeout,
+                                 lambda io: io.wait(self.limits.drain_timeout))
 
     # -- guest ---------------------------------------------------------------------------------
 
@@ -335,7 +326,11 @@ class HyperstartAgent(Agent):
         self, cpus: int, *, cpu_only: bool = False, wait: bool = True,
         timeout: float | None = None,
     ) -> None:
-        """ONLINECPUMEM: hyperstart brings every hot-added CPU and memory block online."""
+        """ONLINECPUMEM: hyperstart brings every hot-added CPU and memory block online, and
+        answers once done (``wait=False`` waits all the same). It cannot leave memory out:
+        ``cpu_only`` is refused."""
+        if cpu_only:
+            raise self._unsupported("online_cpu_mem with cpu_only (memory comes online too)")
         await self._call(messages.online_cpu_mem(), timeout=timeout)
 
     async def copy_file(
@@ -361,15 +356,6 @@ class HyperstartAgent(Agent):
         """READFILE: the bytes of ``path`` inside a container."""
         return await self._call(messages.read_file(container_id, path), timeout=timeout,
                                 container=container_id)
-
-    async def list_processes(
-        self, container_id: str, *, format: str = "json", args: Sequence[str] = (),
-        timeout: float | None = None,
-    ) -> bytes:
-        raise self._unsupported("list_processes")
-
-    async def guest_details(self, *, timeout: float | None = None) -> Mapping[str, Any]:
-        raise self._unsupported("guest_details")
 
 
 def _hyper_process(process_id: str, oci: OciMapping, stdio: int, stderr: int) -> HyperProcess:

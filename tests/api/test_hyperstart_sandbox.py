@@ -7,16 +7,22 @@ names the tty channel (derived automatically for vsock / hybrid-vsock ctl addres
 from __future__ import annotations
 
 import asyncio
+import importlib
+import json
 import os
 import signal
+import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import agentio
 from agentio import errors
 from agentio.localagent.hyperstart import LocalHyperstart
+from agentio.protocols.hyperstart.codec import Code
+from agentio.transports import Address
 
 FAST = agentio.Limits(drain_timeout=1.0)
 
@@ -157,3 +163,123 @@ def test_config_is_checked() -> None:
         agentio.agents.open_agent("vsock://3:2718", "hyperstart", config={"tty": "x"})
     agent = agentio.agents.open_agent("vsock://3:2718", "hyperstart")
     assert agent.agent_type is agentio.AgentType.HYPERSTART
+
+
+async def test_interactive_stdin_and_exit_codes(local: LocalHyperstart) -> None:
+    async with await _sandbox(local) as sandbox:
+        container = await sandbox.create_container("c1", ["sleep", "1000"])
+        await container.start()
+        proc = await container.exec(["sh", "-c", 'while read l; do echo "got $l"; done; exit 42'])
+        assert proc.stdin is not None and proc.stdout is not None
+        for line in (b"one", b"two", b"x" * 1500):  # the last spans three stdin frames
+            proc.stdin.write(line + b"\n")
+            await proc.stdin.drain()
+            assert await proc.stdout.readline() == b"got " + line + b"\n"
+        proc.stdin.close()
+        assert await proc.wait() == 42
+        codes = [0, 1, 2, 126, 255]
+        procs = [await container.exec(["sh", "-c", f"exit {code}"]) for code in codes]
+        assert [await p.wait() for p in procs] == codes
+
+
+async def test_execcmd_carries_an_id_and_only_keys_hyperstart_knows(
+    local: LocalHyperstart,
+) -> None:
+    known = {"id", "user", "group", "additionalGroups", "args", "envs", "stdio", "stderr",
+             "workdir", "terminal"}
+    async with await _sandbox(local) as sandbox:
+        agent = sandbox.agent
+        assert isinstance(agent, agentio.agents.HyperstartAgent)
+        sent: list[tuple[int, bytes]] = []
+        call = agent.client.call
+
+        async def recording(command: Any, *, timeout: float | None) -> bytes:
+            sent.append((command.code, command.payload))
+            return await call(command, timeout=timeout)
+
+        agent.client.call = recording  # type: ignore[method-assign]
+        container = await sandbox.create_container("c1", ["sleep", "1000"])
+        await container.start()
+        oci = {  # an OCI process with much hyperstart has no key for
+            "terminal": False, "args": ["sh", "-c", 'echo "$GREETING" "$(pwd)"'],
+            "env": ["PATH=/usr/bin:/bin", "GREETING=hi=there"], "cwd": "/tmp",
+            "noNewPrivileges": True, "apparmorProfile": "x", "oomScoreAdj": 5,
+            "capabilities": {"bounding": ["CAP_KILL"]}, "rlimits": [{"type": "RLIMIT_NOFILE",
+                                                                      "hard": 64, "soft": 64}],
+            "user": {"uid": 0, "gid": 0, "umask": 18, "username": "root"},
+            "consoleSize": {"height": 1, "width": 1},
+        }
+        proc = await container.exec_spec(oci, exec_id="rich")
+        assert await proc.communicate() == (b"hi=there /tmp\n", b"")
+        execs = [json.loads(p) for code, p in sent if code == Code.EXECCMD]
+        starts = [json.loads(p) for code, p in sent if code == Code.NEWCONTAINER]
+        assert len(execs) == 1 and len(starts) == 1
+        for process in (execs[0]["process"], starts[0]["process"]):
+            assert set(process) <= known and process["id"]
+        assert set(execs[0]) == {"container", "process"}
+        assert execs[0]["process"]["id"] == "rich"
+        assert execs[0]["process"]["envs"][1] == {"env": "GREETING", "value": "hi=there"}
+
+
+async def test_both_channels_over_vsock_ports_2718_and_2719(
+    local: LocalHyperstart, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Never an AF_VSOCK connect: the socket factory answers vsock CID 3 with a unix socket
+    # already connected to the local guest's channel on that port.
+    ctl, tty = await local.serve()
+    ports = {2718: ctl, 2719: tty}
+    asked: list[Address] = []
+
+    def factory(address: Address) -> socket.socket:
+        asked.append(address)
+        assert address.scheme == "vsock" and address.cid == 3
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.connect(ports[address.port or 0].removeprefix("unix://"))
+        sock.setblocking(False)
+        return sock
+
+    dial_module = importlib.import_module("agentio.transports.dial")
+    monkeypatch.setattr(dial_module, "default_socket_factory", factory)
+    async with await agentio.Sandbox.create("vsock://3:2718", agent_type="hyperstart",
+                                            limits=FAST) as sandbox:
+        container = await sandbox.create_container("c1", ["sleep", "1000"])
+        await container.start()
+        proc = await container.exec(["sh", "-c", "cat; echo err >&2"])
+        assert await proc.communicate(b"over vsock") == (b"over vsock", b"err\n")
+    assert asked == [Address.vsock(3, 2718), Address.vsock(3, 2719)]
+
+
+async def test_wait_before_reading_still_gets_all_the_output(local: LocalHyperstart) -> None:
+    # hyperstart ends stdout, then reports the exit: wait() returns with the output all there
+    # (a guest that never ends stdout after an exit is cut after the drain bound: see
+    # tests/protocols/test_hyperstart_client.py)
+    async with await _sandbox(local) as sandbox:
+        container = await sandbox.create_container("c1", ["sleep", "1000"])
+        await container.start()
+        proc = await container.exec(["sh", "-c", "head -c 50000 /dev/zero; echo e >&2; exit 5"])
+        assert await proc.wait() == 5
+        assert proc.stdout is not None and proc.stderr is not None
+        assert await proc.stdout.read() == bytes(50_000)
+        assert await proc.stderr.read() == b"e\n"
+
+
+async def test_long_polls_bounded_by_the_caller_raise_a_typed_timeout(
+    local: LocalHyperstart,
+) -> None:
+    async with await _sandbox(local) as sandbox:
+        container = await sandbox.create_container("c1", ["sleep", "1000"])
+        await container.start()
+        agent = sandbox.agent
+        await agent.exec_process("c1", "quiet", agentio.ProcessSpec(args=["sleep", "1000"]))
+        for poll in (agent.read_stdout("c1", "quiet", 10, timeout=0.05),
+                     agent.read_stderr("c1", "quiet", 10, timeout=0.05),
+                     agent.wait_process("c1", "quiet", timeout=0.05)):
+            with pytest.raises(errors.AgentTimeout) as info:
+                await poll
+            assert info.value.context == {"sandbox": sandbox.id, "container": "c1",
+                                          "exec": "quiet"}
+        with pytest.raises(errors.NotFound) as missing:
+            await agent.wait_process("c1", "nope", timeout=0.05)
+        assert missing.value.operation == "wait_process"
+        await agent.signal_process("c1", "quiet", signal.SIGKILL)
+        assert await agent.wait_process("c1", "quiet", timeout=5) == 0

@@ -94,15 +94,29 @@ async def test_ready_wait_is_bounded(guest: Guest) -> None:
     assert not client.is_open
 
 
-async def test_unsupported_api_version_is_refused(guest: Guest) -> None:
+@pytest.mark.parametrize("api", [4242, 4245, 0, 2**32 - 1])
+async def test_unsupported_api_version_is_refused(guest: Guest, api: int) -> None:
     client = guest.client()
     connecting = asyncio.create_task(client.connect(timeout=2))
     await guest.say(Code.READY)
     await guest.command()
-    await guest.say(Code.ACK, codec.encode_u32(4242))
-    with pytest.raises(errors.UnsupportedOperation, match="4242"):
+    await guest.say(Code.ACK, codec.encode_u32(api))
+    with pytest.raises(errors.UnsupportedOperation, match=f"{api}.*4243, 4244"):
         await connecting
     assert not client.is_open
+
+
+async def test_the_older_api_4243_is_served(guest: Guest) -> None:
+    client = guest.client()
+    connecting = asyncio.create_task(client.connect(timeout=2))
+    await guest.say(Code.READY)
+    assert (await guest.command()).code == Code.VERSION
+    await guest.say(Code.ACK, codec.encode_u32(4243))
+    try:
+        assert await connecting == 4243 and client.api_version == 4243
+        assert client.is_open
+    finally:
+        client.close()
 
 
 async def test_error_reply_and_late_reply_after_a_timeout(guest: Guest) -> None:
