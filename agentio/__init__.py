@@ -38,6 +38,7 @@ from .errors import (
     OutputIncomplete,
     ProtocolError,
     RpcError,
+    SandboxFailed,
     UnsupportedOperation,
 )
 from .limits import Limits
@@ -76,6 +77,7 @@ __all__ = [
     "ProtocolError",
     "RpcError",
     "Sandbox",
+    "SandboxFailed",
     "SandboxSpec",
     "UnsupportedOperation",
     "__version__",
