@@ -88,7 +88,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         printer.error(exc, command=args.command)
         return ExitCode.USAGE
-    session = Session(agent, args.sandbox_id, printer, timeout=args.timeout)
+    session = Session(agent, args.sandbox_id, printer, timeout=args.timeout,
+                      address=args.address or "")
     try:
         return asyncio.run(_run(session, args))
     except KeyboardInterrupt:

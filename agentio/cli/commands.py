@@ -11,6 +11,7 @@ acknowledgement); :class:`ExitWith` makes the command exit with a status of its 
 from __future__ import annotations
 
 import argparse
+import logging
 import math
 import signal
 import sys
@@ -45,6 +46,7 @@ class Session:
     sandbox_id: str
     printer: Printer
     timeout: float | None = None
+    address: str = ""
     stdin_fd: int = 0
     stdout_fd: int = 1
     stderr_fd: int = 2
@@ -532,6 +534,48 @@ async def exec_(session: Session, args: argparse.Namespace) -> Any:
     if args.detach:
         return {"exec_id": exec_id}
     return ExitWith(status)
+
+
+# -- guest logs -----------------------------------------------------------------------------
+
+
+def _logs_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--level", default="trace", type=str.lower,
+                        choices=("trace", "debug", "info", "warning", "error", "critical"),
+                        help="least severe level shown (default: everything)")
+    parser.epilog = ("--address names the guest's log port: vsock://CID:1025 (the Kata "
+                     "agent's default), hvsock:///path/kata.hvsock:1025, or unix:///path.")
+
+
+@command("logs", "follow the guest's log port until the guest closes it")
+@arguments(_logs_args)
+async def logs(session: Session, args: argparse.Namespace) -> Any:
+    from ..guestlog import GuestLog, GuestLogRecord, level_of
+    from ..transports import DialPolicy
+
+    least = level_of(args.level)
+    printer = session.printer
+
+    def show(record: GuestLogRecord) -> None:
+        if record.level < least:
+            return
+        level = logging.getLevelName(record.level) if record.level != 5 else "TRACE"
+        if printer.json:
+            printer.result({"level": level, "msg": record.message, **record.fields,
+                            **({"truncated": True} if record.truncated else {})})
+            return
+        where = record.fields.get("subsystem", "")
+        stamp = record.fields.get("ts", "")
+        printer.line(" ".join(part for part in (stamp, f"{level:<8}", where and f"{where}:",
+                                                record.message) if part))
+
+    if not session.address:
+        raise ConfigError("logs needs the log port's --address")
+    policy = DialPolicy(budget=session.timeout) if session.timeout else DialPolicy()
+    async with GuestLog(session.address, sandbox_id=session.sandbox_id, on_record=show,
+                        log_records=False, policy=policy) as guest_log:
+        await guest_log.wait_closed()
+    return None
 
 
 # -- local agents ---------------------------------------------------------------------------

@@ -132,6 +132,10 @@ class Printer:
         kind = "" if isinstance(exc, RpcError) else f"{type(exc).__name__}: "
         print(f"{prefix}: {kind}{safe_text(str(exc))}", file=self.err, flush=True)
 
+    def line(self, text: str) -> None:
+        """One line of human output on stdout (escaped: it may come from the guest)."""
+        print(safe_text(text), file=self.out, flush=True)
+
     def raw(self, data: bytes) -> None:
         """Write guest bytes to stdout as they are (what ``cat`` would show)."""
         self.out.flush()

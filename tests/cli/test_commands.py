@@ -270,3 +270,29 @@ def test_hyperstart_through_a_script(hyperstart: tuple[str, str], tmp_path: Path
     assert done.stderr.splitlines() == [
         "to-stderr", "agentio stats: UnsupportedOperation: stats_container (sandbox=sb-cli): "
         "not supported by the hyperstart agent"]
+
+
+def test_logs_follows_the_local_agents_log_port_until_it_closes() -> None:
+    agent = subprocess.Popen(cli("localagent", "--log-port"), stdout=subprocess.PIPE,
+                             stdin=subprocess.DEVNULL, text=True)
+    follower = None
+    try:
+        assert agent.stdout is not None
+        address = agent.stdout.readline().strip()
+        word, log_address = agent.stdout.readline().split()
+        assert word == "log"
+        follower = subprocess.Popen(cli("--address", log_address, "--json", "logs"),
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert follower.stdout is not None
+        greeting = json.loads(follower.stdout.readline())
+        assert (greeting["level"], greeting["msg"]) == ("INFO", "log reader connected")
+        run(address, "check", check=True)
+        agent.terminate()  # the "guest" closes its log port
+        assert follower.wait(timeout=TIMEOUT) == 0
+        lines = [json.loads(line) for line in follower.stdout.read().splitlines()]
+        assert {"level": "DEBUG", "msg": "rpc Check"}.items() <= lines[0].items()
+    finally:
+        for child in (agent, follower):
+            if child is not None and child.poll() is None:
+                child.kill()
+                child.wait()
