@@ -30,6 +30,7 @@ from .specs import (
     SandboxSpec,
     process_to_oci,
 )
+from .telemetry import outgoing_metadata
 
 R = TypeVar("R", bound=betterproto2.Message)
 
@@ -92,8 +93,10 @@ class KataAgent(Agent):
     ) -> R:
         bound = self._bound(timeout, long_poll)
         try:
+            metadata = outgoing_metadata()  # the trace context, when tracing
             data = await self.channel.call(service, method, bytes(request), timeout=bound,
-                                           send_timeout=not long_poll)
+                                           send_timeout=not long_poll,
+                                           **({"metadata": metadata} if metadata else {}))
         except AgentError as exc:
             exc.add_context(operation=method, sandbox=self.sandbox_id, container=container,
                             exec=exec_id)
