@@ -233,9 +233,12 @@ class Agent(abc.ABC):
 
     async def copy_file(
         self, path: str, data: bytes, *, mode: int = 0o644, uid: int = 0, gid: int = 0,
-        timeout: float | None = None,
+        timeout: float | None = None, progress: Callable[[int, int], object] | None = None,
     ) -> None:
-        """Write a file into the guest."""
+        """Write a file into the guest.
+
+        ``progress(sent, total)`` is called as the bytes go out (for a progress display).
+        """
         raise self._unsupported("copy_file")
 
     async def get_oom_event(self, *, timeout: float | None = None) -> str:

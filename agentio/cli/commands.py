@@ -194,6 +194,8 @@ def _copy_args(parser: argparse.ArgumentParser) -> None:
                         help="file mode, octal (default 644)")
     parser.add_argument("--uid", type=_non_negative, default=0)
     parser.add_argument("--gid", type=_non_negative, default=0)
+    parser.add_argument("--progress", action="store_true",
+                        help="show progress even when stderr is not a terminal")
 
 
 @command("copy-file", "write a local file into the guest")
@@ -201,7 +203,8 @@ def _copy_args(parser: argparse.ArgumentParser) -> None:
 async def copy_file(session: Session, args: argparse.Namespace) -> Any:
     data = _read_local(args.source, MAX_COPY_FILE)
     await session.agent.copy_file(args.path, data, mode=args.mode, uid=args.uid, gid=args.gid,
-                                  timeout=session.timeout)
+                                  timeout=session.timeout,
+                                  progress=session.printer.meter(args.path, force=args.progress))
     return {"path": args.path, "bytes": len(data)}
 
 

@@ -122,9 +122,9 @@ class _Wiring:
 
     async def run(self) -> int:
         proc = self.process
-        outputs = [asyncio.create_task(_copy_out(proc.stdout, self.stdio.stdout))]
+        outputs = [asyncio.create_task(self._copy_out(proc.stdout, self.stdio.stdout))]
         if proc.stderr is not None:
-            outputs.append(asyncio.create_task(_copy_out(proc.stderr, self.stdio.stderr)))
+            outputs.append(asyncio.create_task(self._copy_out(proc.stderr, self.stdio.stderr)))
         feeder = asyncio.create_task(self._feed_stdin())
         installed = self._install_signals()
         try:
@@ -177,7 +177,19 @@ class _Wiring:
         except AgentError as exc:
             log.debug("resize failed: %s", exc)
 
-    # -- stdin -------------------------------------------------------------------------------
+    # -- output and stdin --------------------------------------------------------------------
+
+    async def _copy_out(self, stream: OutputStream, fd: int) -> None:
+        try:
+            while chunk := await stream.read(_CHUNK):
+                await write_all(fd, chunk)
+        except BrokenPipeError:
+            # Nobody reads our output any more (`agentio exec … | head`): what a local
+            # pipeline would do to the writer, SIGPIPE, then let the rest drain unseen.
+            await self._forward(signal.SIGPIPE)
+            while await stream.read(_CHUNK):
+                pass
+
 
     async def _feed_stdin(self) -> None:
         stdin = self.process.stdin
@@ -188,11 +200,6 @@ class _Wiring:
         stdin.close()
         with contextlib.suppress(AgentError):  # the process need not read its input
             await stdin.wait_closed()
-
-
-async def _copy_out(stream: OutputStream, fd: int) -> None:
-    while chunk := await stream.read(_CHUNK):
-        await write_all(fd, chunk)
 
 
 async def write_all(fd: int, data: bytes) -> None:

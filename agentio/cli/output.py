@@ -12,7 +12,8 @@ import dataclasses
 import enum
 import json
 import sys
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, BinaryIO, TextIO
 
@@ -152,9 +153,40 @@ class Printer:
         if not self.json:
             self.note(text)
 
+    def meter(self, what: str, *, force: bool = False) -> Callable[[int, int], None] | None:
+        """A progress callback ``(done, total)`` redrawing one line on stderr.
+
+        ``None`` (no display) with ``--json``, or when stderr is not a terminal unless
+        ``force``. Redraws at most ten times a second, and always at the end.
+        """
+        if self.json or not (force or self.err.isatty()):
+            return None
+        last = -1.0
+
+        def show(done: int, total: int) -> None:
+            nonlocal last
+            now = time.monotonic()
+            if done < total and now - last < 0.1:
+                return
+            last = now
+            percent = 100 * done // total if total else 100
+            print(f"\r{what}: {_size(done)} / {_size(total)} ({percent}%)",
+                  end="\n" if done >= total else "", file=self.err, flush=True)
+
+        return show
+
     def note(self, text: str) -> None:
         """A human message on stderr (never part of the machine-readable output)."""
         print(safe_text(text), file=self.err, flush=True)
+
+
+def _size(count: int) -> str:
+    size = float(count)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def _human(value: Any, indent: str = "") -> list[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import shutil
 import subprocess
 import sys
@@ -296,3 +297,31 @@ def test_logs_follows_the_local_agents_log_port_until_it_closes() -> None:
             if child is not None and child.poll() is None:
                 child.kill()
                 child.wait()
+
+
+def test_exec_into_a_closed_pipe_ends_the_process_with_sigpipe(address: str) -> None:
+    start_container(address)
+    command = " ".join(shlex.quote(arg) for arg in cli(
+        "--address", address, "--sandbox-id", "sb-cli", "exec", "c1", "--", "yes"))
+    done = subprocess.run(f"{command} | head -n 2; echo \"status ${{PIPESTATUS[0]}}\"",
+                          shell=True, executable="/bin/bash", capture_output=True, text=True,
+                          timeout=TIMEOUT)
+    assert done.stdout == "y\ny\nstatus 141\n", done.stderr
+
+
+def test_copy_file_shows_progress_and_the_file_arrives_whole(
+        local_agents: LocalAgents, tmp_path: Path) -> None:
+    address = local_agents.take()
+    payload = bytes(range(256)) * (10 * 1024 + 7)  # 2.5 MiB: three CopyFile chunks
+    (tmp_path / "big").write_bytes(payload)
+    run(address, "create-sandbox", check=True)
+    done = run(address, "copy-file", "--progress", str(tmp_path / "big"), "/data/big")
+    assert done.returncode == 0, done.stderr
+    # one redrawn line ('\r', read here as a newline), at most ten updates a second
+    lines = [line for line in done.stderr.split("\n") if line]
+    assert lines[0] == "/data/big: 1.0 MiB / 2.5 MiB (39%)"
+    assert lines[-1] == "/data/big: 2.5 MiB / 2.5 MiB (100%)"
+    assert set(lines[1:-1]) <= {"/data/big: 2.0 MiB / 2.5 MiB (79%)"}
+    assert (local_agents.guest_root(address) / "data" / "big").read_bytes() == payload
+    done = run(address, "--json", "copy-file", "--progress", str(tmp_path / "big"), "/data/b2")
+    assert (done.returncode, done.stderr) == (0, "")
