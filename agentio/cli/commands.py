@@ -16,7 +16,7 @@ import math
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from ..agents.base import Agent
@@ -50,7 +50,6 @@ class Session:
     stdin_fd: int = 0
     stdout_fd: int = 1
     stderr_fd: int = 2
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def sandbox(self, spec: SandboxSpec | None = None) -> Sandbox:
         """The public-API view of the sandbox this session names."""

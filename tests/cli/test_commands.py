@@ -145,7 +145,8 @@ def test_a_script_read_from_stdin(address: str) -> None:
     assert done.stdout.startswith("status: serving\nagent_version: agentio")
 
 
-def test_exec_streams_output_and_exits_with_the_process_status(address: str) -> None:
+def test_exec_streams_output_and_exits_with_the_process_status(address: str,
+                                                               tmp_path: Path) -> None:
     start_container(address)
     done = run(address, "exec", "c1", "--", "sh", "-c", "echo out; echo err >&2; exit 3")
     assert (done.returncode, done.stdout, done.stderr) == (3, "out\n", "err\n")
@@ -160,6 +161,11 @@ def test_exec_streams_output_and_exits_with_the_process_status(address: str) -> 
     assert done.stdout == "hi /tmp\n"
     done = run(address, "exec", "c1", "--", "sh", "-c", "kill -TERM $$")
     assert done.returncode == 128 + 15
+    process = tmp_path / "process.toml"
+    process.write_text('args = ["sh", "-c", "echo $MODE in $PWD"]\ncwd = "/tmp"\n'
+                       'env = ["MODE=from-toml", "PATH=/bin:/usr/bin"]\n')
+    done = run(address, "exec", "--process", str(process), "c1")
+    assert (done.returncode, done.stdout) == (0, "from-toml in /tmp\n")
 
 
 def test_exec_forwards_ctrl_c_as_a_signal(address: str) -> None:
@@ -201,6 +207,8 @@ def test_errors_name_the_operation_and_status_and_set_the_exit_code(address: str
     assert done.returncode == 3 and "DialError" in done.stderr
     done = run(address, "-o", "no_such_setting=1", "check")
     assert done.returncode == 2 and "no_such_setting" in done.stderr
+    done = run(address, "--timeout", "0.2", "oom-event")  # a long poll, bounded by --timeout
+    assert done.returncode == 1 and "GetOOMEvent" in done.stderr
     done = run(address, "signal", "c1", "e1", "SIGNOPE")
     assert done.returncode == 2 and "unknown signal" in done.stderr
     (tmp_path / "bad.json").write_text("[1, 2")
