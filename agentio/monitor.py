@@ -157,12 +157,21 @@ class HealthMonitor:
 
     # -- reporting ---------------------------------------------------------------------------
 
-    async def changes(self) -> AsyncIterator[HealthChange]:
-        """Every state change from the first iteration on; ends after ``DEAD`` or on stop."""
+    def changes(self) -> AsyncIterator[HealthChange]:
+        """Every state change from this call on; the iteration ends after ``DEAD`` or on stop.
+
+        Each call gives an independent iterator, registered at once (changes that happen
+        before the first ``await`` on it are kept for it).
+        """
         queue: asyncio.Queue[HealthChange | None] = asyncio.Queue()
         if self.state is HealthState.DEAD or (self._task is not None and self._task.done()):
-            return
-        self._queues.append(queue)
+            queue.put_nowait(None)
+        else:
+            self._queues.append(queue)
+        return self._follow(queue)
+
+    async def _follow(self, queue: asyncio.Queue[HealthChange | None]
+                      ) -> AsyncIterator[HealthChange]:
         try:
             while (change := await queue.get()) is not None:
                 yield change

@@ -552,7 +552,7 @@ def _logs_args(parser: argparse.ArgumentParser) -> None:
 @command("logs", "follow the guest's log port until the guest closes it")
 @arguments(_logs_args)
 async def logs(session: Session, args: argparse.Namespace) -> Any:
-    from ..guestlog import GuestLog, GuestLogRecord, level_of
+    from ..guestlog import TRACE, GuestLog, GuestLogRecord, level_of
     from ..transports import DialPolicy
 
     least = level_of(args.level)
@@ -561,7 +561,7 @@ async def logs(session: Session, args: argparse.Namespace) -> Any:
     def show(record: GuestLogRecord) -> None:
         if record.level < least:
             return
-        level = logging.getLevelName(record.level) if record.level != 5 else "TRACE"
+        level = "TRACE" if record.level == TRACE else logging.getLevelName(record.level)
         if printer.json:
             printer.result({"level": level, "msg": record.message, **record.fields,
                             **({"truncated": True} if record.truncated else {})})

@@ -46,12 +46,10 @@ async def test_a_killed_agent_is_seen_dead_within_two_intervals(
         async with HealthMonitor(sandbox, interval=INTERVAL, deadline=INTERVAL / 2,
                                  on_change=seen.append) as monitor:
             changes = monitor.changes()
-            first = asyncio.ensure_future(anext(changes))
-            await asyncio.sleep(0)  # the iterator is registered
             child.send_signal(signal.SIGKILL)
             killed_at = loop.time()
             async with asyncio.timeout(10):
-                change = await first
+                change = await anext(changes)
             elapsed = loop.time() - killed_at
             assert change.state is HealthState.DEAD and change.previous is HealthState.HEALTHY
             assert isinstance(change.cause, AgentConnectionError)
@@ -59,6 +57,7 @@ async def test_a_killed_agent_is_seen_dead_within_two_intervals(
             assert seen == [change] and monitor.state is HealthState.DEAD
             with pytest.raises(StopAsyncIteration):  # DEAD is final
                 await anext(changes)
+            assert [late async for late in monitor.changes()] == []
         # the pending wait ended when the connection did; new calls fail fast with the cause
         with pytest.raises(AgentConnectionError):
             await proc.wait()
@@ -98,11 +97,9 @@ async def test_a_hung_agent_is_unresponsive_then_dead_and_pending_calls_fail_fas
         pending = asyncio.ensure_future(agent.version())  # 60 s call deadline by default
         monitor = HealthMonitor(agent, interval=0.2, deadline=0.05, dead_after=2, jitter=0)
         changes = monitor.changes()
-        first = asyncio.ensure_future(anext(changes))
-        await asyncio.sleep(0)
         async with monitor:
             async with asyncio.timeout(10):
-                unresponsive = await first
+                unresponsive = await anext(changes)
                 dead = await anext(changes)
         assert (unresponsive.previous, unresponsive.state) == (HealthState.HEALTHY,
                                                                HealthState.UNRESPONSIVE)
