@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shlex
 import shutil
@@ -11,9 +12,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from grpclib.const import Cardinality, Handler
+from grpclib.server import Server, Stream
 
 from agentio.cli import build_parser
 from agentio.cli.commands import COMMANDS
+from agentio.proto.kata1 import grpc as pb1
+from agentio.protocols.grpc import RawCodec
 
 from .conftest import TIMEOUT, LocalAgents, cli, run, start_container
 
@@ -333,3 +338,43 @@ def test_copy_file_shows_progress_and_the_file_arrives_whole(
     assert (local_agents.guest_root(address) / "data" / "big").read_bytes() == payload
     done = run(address, "--json", "copy-file", "--progress", str(tmp_path / "big"), "/data/b2")
     assert (done.returncode, done.stderr) == (0, "")
+
+
+class _Kata1Health:
+    """Health of a Kata 1.x agent over gRPC (there is no local 1.x agent to run)."""
+
+    def __mapping__(self) -> dict[str, Handler]:
+        return {path: Handler(handler, Cardinality.UNARY_UNARY, bytes, bytes)
+                for path, handler in (("/grpc.Health/Check", self.check),
+                                      ("/grpc.Health/Version", self.version))}
+
+    async def check(self, stream: Stream[bytes, bytes]) -> None:
+        await stream.recv_message()
+        status = pb1.HealthCheckResponseServingStatus.SERVING
+        await stream.send_message(bytes(pb1.HealthCheckResponse(status=status)))
+
+    async def version(self, stream: Stream[bytes, bytes]) -> None:
+        await stream.recv_message()
+        await stream.send_message(bytes(pb1.VersionCheckResponse(
+            grpc_version="1.0.0", agent_version="kata-agent 1.12")))
+
+
+async def test_the_kata1_agent_over_grpc(tmp_path: Path) -> None:
+    server = Server([_Kata1Health()], codec=RawCodec())
+    path = tmp_path / "kata1.sock"
+    await server.start(path=str(path))
+    try:
+        child = await asyncio.create_subprocess_exec(
+            *cli("--address", f"unix://{path}", "--agent", "kata1", "run-script", "-"),
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE)
+        async with asyncio.timeout(TIMEOUT):
+            out, err = await child.communicate(b"check\nversion\nstats c1\n")
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert child.returncode == 1  # the stub serves no AgentService: stats fails, with status
+    assert out.decode().splitlines() == ["status: serving", "agent_version: kata-agent 1.12",
+                                         "api_version: 1.0.0"]
+    assert err.decode().startswith("agentio stats: [")  # the status the server gave
+    assert "StatsContainer (container=c1)" in err.decode()
