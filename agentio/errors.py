@@ -82,6 +82,13 @@ class ConnectionClosed(AgentConnectionError):
     """The connection closed (or failed) while the call was pending or before it was sent."""
 
 
+class SandboxFailed(AgentConnectionError):
+    """The sandbox was marked failed (by its health monitor): calls fail fast with the cause.
+
+    ``__cause__`` is what the monitor saw (a lost connection, checks left unanswered).
+    """
+
+
 # --- protocol violations from the peer ----------------------------------------------------
 
 

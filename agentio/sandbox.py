@@ -107,7 +107,8 @@ class Sandbox:
         """Stop the sandbox (every container in it) and disconnect. Idempotent.
 
         Runs to its end even inside an expired cancel scope, bounded by
-        ``Limits.teardown_timeout``.
+        ``Limits.teardown_timeout``. A sandbox whose agent was marked failed (by a health
+        monitor) is not asked to stop: only what is held here is released.
         """
         if self._destroyed:
             return
@@ -115,7 +116,7 @@ class Sandbox:
         async with shielded_teardown(self.limits.teardown_timeout, "destroy_sandbox",
                                      sandbox=self.id):
             try:
-                if self._started:
+                if self._started and self.agent.failure is None:
                     await self.agent.stop_sandbox(self.id, timeout=timeout)
             finally:
                 try:
@@ -285,7 +286,8 @@ class Container:
         async with shielded_teardown(self.sandbox.limits.teardown_timeout, "remove_container",
                                      sandbox=self.sandbox.id, container=self.id):
             try:
-                await self._agent.stop_container(self.id, timeout=timeout)
+                if self._agent.failure is None:  # else there is no guest to ask
+                    await self._agent.stop_container(self.id, timeout=timeout)
             finally:
                 await self._close_processes()
                 self.sandbox.containers.pop(self.id, None)

@@ -193,9 +193,19 @@ async def _sleep_watching(seconds: float, tasks: Sequence[asyncio.Future[None]])
 
 
 @contextlib.asynccontextmanager
-async def agent_caller(address: str) -> AsyncIterator[Call]:
-    """``KataAgent.check()`` (the whole library path) over one connection, made and tried."""
+async def agent_caller(address: str, *, metrics: bool = False) -> AsyncIterator[Call]:
+    """``KataAgent.check()`` (the whole library path) over one connection, made and tried.
+
+    With ``metrics`` every call is also recorded in Prometheus metrics (a private registry):
+    against the plain level, what telemetry costs when on, and that off it costs nothing.
+    """
     agent = open_agent(address, "kata")
+    if metrics:
+        from prometheus_client import CollectorRegistry
+
+        from agentio.agents.telemetry import AgentMetrics, Telemetry
+
+        agent.telemetry = Telemetry(metrics=AgentMetrics(CollectorRegistry()))
     try:
         await agent.check()
         yield agent.check
@@ -251,6 +261,9 @@ async def rpc_rates(
     async with contextlib.AsyncExitStack() as stack:
         levels = [
             ("agent.check", await stack.enter_async_context(agent_caller(agent_address)),
+             agent_server),
+            ("agent.check+metrics",
+             await stack.enter_async_context(agent_caller(agent_address, metrics=True)),
              agent_server),
             ("ttrpc.call", await stack.enter_async_context(ttrpc_caller(agent_address)),
              agent_server),

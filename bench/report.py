@@ -136,6 +136,6 @@ def render(machine: Mapping[str, Any], settings: Mapping[str, Any],
     return "\n".join(lines)
 
 
-_LEVELS = ("agent.check", "ttrpc.call", "echo")
-_LABELS = {"agent.check": "KataAgent.check", "ttrpc.call": "TtrpcClient.call",
-           "echo": "echo baseline"}
+_LEVELS = ("agent.check", "agent.check+metrics", "ttrpc.call", "echo")
+_LABELS = {"agent.check": "KataAgent.check", "agent.check+metrics": "… with metrics on",
+           "ttrpc.call": "TtrpcClient.call", "echo": "echo baseline"}

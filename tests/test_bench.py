@@ -82,7 +82,9 @@ def test_json_matches_the_table_and_is_complete(tiny_run: tuple[str, dict[str, A
     (run,) = document["runs"]
     assert run["loop"] == "asyncio"
     points = {(p["level"], p["concurrency"]): p for p in run["rpc"]}
-    assert set(points) == {(level, conc) for level in ("agent.check", "ttrpc.call", "echo")
+    assert set(points) == {(level, conc)
+                           for level in ("agent.check", "agent.check+metrics", "ttrpc.call",
+                                         "echo")
                            for conc in CONCURRENCIES}
     for point in points.values():
         assert point["calls"] > 0
@@ -90,7 +92,7 @@ def test_json_matches_the_table_and_is_complete(tiny_run: tuple[str, dict[str, A
         assert point["client_us_per_call"] > 0
         assert point["server_us_per_call"] is None or point["server_us_per_call"] >= 0
         assert f"{point['calls_per_s']:,.0f}" in table
-    assert len(run["ratios"]) == 2 * len(CONCURRENCIES)
+    assert len(run["ratios"]) == 3 * len(CONCURRENCIES)
     assert all(r["calls_per_s_ratio"] > 0 and r["client_cpu_ratio"] > 0 for r in run["ratios"])
     assert run["stdio"]["bytes_per_s"] > 0
     assert run["stdio"]["bytes_per_round"] == 1 << 20

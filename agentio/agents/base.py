@@ -11,19 +11,30 @@ or cancel themselves. ``math.inf`` asks for no bound on any call.
 
 Output reads return ``b""`` at end of stream, whatever form the agent uses to say so.
 Operations an agent type cannot do raise :class:`~agentio.errors.UnsupportedOperation`.
+
+Failing fast: :meth:`Agent.mark_failed` (what a health monitor calls when the guest is gone)
+makes every pending and later operation raise :class:`~agentio.errors.SandboxFailed` with
+the cause. Telemetry: with ``agent.telemetry`` set (:mod:`agentio.agents.telemetry`), each
+operation is traced and measured. Both are applied once, here, to every adapter's
+operations, by one gate that costs an attribute test or two when neither is in use.
 """
 
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping, Sequence
+import functools
+import inspect
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from types import TracebackType
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from ..errors import UnsupportedOperation
+from ..errors import AgentError, SandboxFailed, UnsupportedOperation
 from ..limits import DEFAULT_LIMITS, Limits
 from .agent_type import AgentType
 from .specs import AgentVersion, ContainerStats, OciMapping, ProcessSpec, SandboxSpec
+
+if TYPE_CHECKING:
+    from .telemetry import Telemetry
 
 
 class Agent(abc.ABC):
@@ -33,6 +44,36 @@ class Agent(abc.ABC):
 
     def __init__(self, *, limits: Limits = DEFAULT_LIMITS) -> None:
         self.limits = limits
+        self.failure: SandboxFailed | None = None
+        """Set by :meth:`mark_failed`: why every operation now fails."""
+        self.telemetry: Telemetry | None = None
+        """Set it to trace and measure every operation (off by default)."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for name in _OPERATIONS:
+            method = cls.__dict__.get(name)
+            if method is not None and not getattr(method, "_failure_gate", False):
+                setattr(cls, name, _failure_gate(method))
+
+    async def mark_failed(self, cause: BaseException, message: str = "sandbox failed") -> None:
+        """Fail every pending and later operation fast with :class:`SandboxFailed`.
+
+        ``cause`` becomes the error's ``__cause__``. Disconnects (pending calls end at once);
+        the first failure recorded is kept.
+        """
+        if self.failure is None:
+            failure = SandboxFailed(message)
+            failure.__cause__ = cause
+            self.failure = failure
+        await self.disconnect()
+
+    def _failed(self, operation: str) -> SandboxFailed:
+        assert self.failure is not None
+        error = SandboxFailed(self.failure.message, operation=operation,
+                              sandbox=str(getattr(self, "sandbox_id", "")))
+        error.__cause__ = self.failure.__cause__
+        return error
 
     def _unsupported(self, operation: str) -> UnsupportedOperation:
         """The error of an operation this agent type cannot do (naming the type and sandbox)."""
@@ -194,9 +235,12 @@ class Agent(abc.ABC):
 
     async def copy_file(
         self, path: str, data: bytes, *, mode: int = 0o644, uid: int = 0, gid: int = 0,
-        timeout: float | None = None,
+        timeout: float | None = None, progress: Callable[[int, int], object] | None = None,
     ) -> None:
-        """Write a file into the guest."""
+        """Write a file into the guest.
+
+        ``progress(sent, total)`` is called as the bytes go out (for a progress display).
+        """
         raise self._unsupported("copy_file")
 
     async def get_oom_event(self, *, timeout: float | None = None) -> str:
@@ -216,3 +260,31 @@ class Agent(abc.ABC):
     async def get_metrics(self, *, timeout: float | None = None) -> str:
         """The agent's own metrics, in Prometheus text format."""
         raise self._unsupported("get_metrics")
+
+
+_OPERATIONS = frozenset(
+    name for name, value in vars(Agent).items()
+    if inspect.iscoroutinefunction(value) and not name.startswith("_")
+    and name not in ("disconnect", "mark_failed"))
+"""The operations :meth:`Agent.mark_failed` stops: every coroutine of the operation set."""
+
+
+def _failure_gate(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    """``method`` failing fast once its agent was marked failed, and observed if asked."""
+    name = method.__name__
+
+    @functools.wraps(method)
+    async def gated(self: Agent, *args: Any, **kwargs: Any) -> Any:
+        if self.failure is not None:
+            raise self._failed(name)
+        try:
+            if self.telemetry is None:
+                return await method(self, *args, **kwargs)
+            return await self.telemetry.observe(self, name, method(self, *args, **kwargs))
+        except AgentError as exc:
+            if self.failure is None or isinstance(exc, SandboxFailed):
+                raise
+            raise self._failed(name) from self.failure.__cause__
+
+    gated._failure_gate = True  # type: ignore[attr-defined]
+    return gated

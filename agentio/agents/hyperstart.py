@@ -335,7 +335,7 @@ class HyperstartAgent(Agent):
 
     async def copy_file(
         self, path: str, data: bytes, *, mode: int = 0o644, uid: int = 0, gid: int = 0,
-        timeout: float | None = None,
+        timeout: float | None = None, progress: Callable[[int, int], object] | None = None,
     ) -> None:
         """hyperstart writes files into a container only: see :meth:`write_file`."""
         raise self._unsupported("copy_file (use write_file into a container)")

@@ -10,7 +10,7 @@ sent without a wire deadline.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar, Protocol, TypeVar
 
 import betterproto2
@@ -30,6 +30,7 @@ from .specs import (
     SandboxSpec,
     process_to_oci,
 )
+from .telemetry import outgoing_metadata
 
 R = TypeVar("R", bound=betterproto2.Message)
 
@@ -92,8 +93,10 @@ class KataAgent(Agent):
     ) -> R:
         bound = self._bound(timeout, long_poll)
         try:
+            metadata = outgoing_metadata()  # the trace context, when tracing
             data = await self.channel.call(service, method, bytes(request), timeout=bound,
-                                           send_timeout=not long_poll)
+                                           send_timeout=not long_poll,
+                                           **({"metadata": metadata} if metadata else {}))
         except AgentError as exc:
             exc.add_context(operation=method, sandbox=self.sandbox_id, container=container,
                             exec=exec_id)
@@ -302,7 +305,7 @@ class KataAgent(Agent):
 
     async def copy_file(
         self, path: str, data: bytes, *, mode: int = 0o644, uid: int = 0, gid: int = 0,
-        timeout: float | None = None,
+        timeout: float | None = None, progress: Callable[[int, int], object] | None = None,
     ) -> None:
         # One message per chunk: the frame cap bounds each, the offset orders them.
         chunk = self.limits.stdin_chunk
@@ -311,6 +314,8 @@ class KataAgent(Agent):
                 path=path, file_size=len(data), file_mode=mode, dir_mode=0o755, uid=uid,
                 gid=gid, offset=offset, data=data[offset:offset + chunk])
             await self._ack("CopyFile", request, timeout=timeout)
+            if progress is not None:
+                progress(min(offset + chunk, len(data)), len(data))
 
     async def get_oom_event(self, *, timeout: float | None = None) -> str:
         response = await self._call("GetOOMEvent", self._pb.GetOomEventRequest(),

@@ -7,7 +7,7 @@ orchestration code. Output reads end at once, waits report status 0, writes take
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from ..errors import AgentTimeout
@@ -126,9 +126,10 @@ class NoopAgent(Agent):
 
     async def copy_file(
         self, path: str, data: bytes, *, mode: int = 0o644, uid: int = 0, gid: int = 0,
-        timeout: float | None = None,
+        timeout: float | None = None, progress: Callable[[int, int], object] | None = None,
     ) -> None:
-        return None
+        if progress is not None:
+            progress(len(data), len(data))
 
     async def get_oom_event(self, *, timeout: float | None = None) -> str:
         """No container ever runs out of memory here: waits until cancelled or timed out."""

@@ -1,7 +1,8 @@
 """``python -m agentio.localagent``: serve local agents until interrupted.
 
 Layer: local agent (command line). Prints one address per line once every socket listens,
-then serves until SIGINT or SIGTERM.
+then serves until SIGINT or SIGTERM. With ``--log-port`` it also serves a guest log port
+(the agents' own log as Kata-style JSON lines) and prints ``log ADDRESS`` after the agents.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 
 from ..errors import ConfigError
 from .hyperstart import LocalHyperstart
+from .logport import LocalLogPort
 from .server import LocalAgent
 
 
@@ -34,6 +36,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--agent", choices=("kata", "hyperstart"), default="kata",
                         help="serve the Kata agent API, or hyperstart (two sockets per guest, "
                              "printed as 'CTL TTY')")
+    parser.add_argument("--log-port", action="store_true",
+                        help="serve the agents' log as JSON lines on a unix socket, like a "
+                             "Kata guest's log port (printed last, as 'log ADDRESS')")
     parser.add_argument("-v", "--verbose", action="store_true")
     return parser
 
@@ -50,17 +55,27 @@ async def _serve(args: argparse.Namespace) -> None:
                 print(ctl, tty, flush=True)
             await stop.wait()
         return
-    if args.socket:
-        socket_path: Path = args.socket
-        async with LocalAgent(socket_path.parent, wire_style=args.wire,
-                              eof_style=args.eof) as local:
+    socket_path: Path | None = args.socket
+    directory = socket_path.parent if socket_path else args.dir
+    async with LocalAgent(directory, wire_style=args.wire, eof_style=args.eof) as local:
+        if socket_path:
             print(await local.serve(socket_path.name.removesuffix(".sock")), flush=True)
+        else:
+            for address in await local.serve_many(args.count):
+                print(address, flush=True)
+        if not args.log_port:
             await stop.wait()
-        return
-    async with LocalAgent(args.dir, wire_style=args.wire, eof_style=args.eof) as local:
-        for address in await local.serve_many(args.count):
-            print(address, flush=True)
-        await stop.wait()
+            return
+        async with LocalLogPort(local.directory / "log.sock") as port:
+            logger = logging.getLogger("agentio.localagent")
+            handler = port.handler()
+            logger.addHandler(handler)
+            logger.setLevel(logging.DEBUG)
+            try:
+                print("log", port.address, flush=True)
+                await stop.wait()
+            finally:
+                logger.removeHandler(handler)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -77,6 +92,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.socket:
         args.socket = Path(args.socket).absolute()
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING)
+    if not args.verbose:  # --log-port lowers our loggers' level: keep stderr as quiet
+        for handler in logging.getLogger().handlers:
+            handler.setLevel(logging.WARNING)
     try:
         asyncio.run(_serve(args))
     except ConfigError as exc:

@@ -325,6 +325,7 @@ def _unary(
             request = request_type.parse(call.payload)
         except Exception as exc:
             raise InvalidArgument(f"unmarshal request error: {exc}") from None
+        log.debug("rpc %s", call.method)
         try:
             return bytes(await method(request))
         except EngineError as exc:

@@ -51,9 +51,10 @@ CALLS: dict[str, Callable[[Agent], Awaitable[Any]]] = {
 
 
 def test_the_table_covers_every_operation() -> None:
+    # mark_failed is the health monitor's lever on the agent, not an agent operation
     operations = {name for name, member in inspect.getmembers(Agent)
                   if inspect.iscoroutinefunction(member) and not name.startswith("_")}
-    assert operations == set(CALLS)
+    assert operations - {"mark_failed"} == set(CALLS)
 
 
 # -- noop ------------------------------------------------------------------------------------

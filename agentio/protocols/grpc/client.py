@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from types import TracebackType
 from typing import Any, Final, cast
 
@@ -241,12 +241,14 @@ class GrpcClient:
         *,
         timeout: float | None = None,
         send_timeout: bool = True,
+        metadata: Sequence[tuple[str, str]] = (),
     ) -> bytes:
         """Send one request message to ``/service/method`` and return the response message.
 
         ``timeout`` bounds the whole call here, dialling included (``None``: unbounded; cancel
         the task to give up) and raises :class:`~agentio.errors.DeadlineExceeded`. With
         ``send_timeout`` it also travels as ``grpc-timeout``; long polls pass ``False``.
+        ``metadata`` goes out as request headers (the trace context, for instance).
         """
         channel = self._get_channel(method)
         if len(payload) > self._max_message:
@@ -261,7 +263,7 @@ class GrpcClient:
         try:
             async with asyncio.timeout(timeout):
                 return await self._unary(channel, f"/{service}/{method}", payload,
-                                         timeout if send_timeout else None)
+                                         timeout if send_timeout else None, metadata)
         except AgentError as exc:
             exc.add_context(operation=method)
             raise
@@ -279,9 +281,10 @@ class GrpcClient:
 
     @staticmethod
     async def _unary(channel: _ConnectorChannel, path: str, payload: bytes,
-                     wire_timeout: float | None) -> bytes:
+                     wire_timeout: float | None, metadata: Sequence[tuple[str, str]]) -> bytes:
         deadline = None if wire_timeout is None else Deadline.from_timeout(wire_timeout)
-        stream = channel.request(path, Cardinality.UNARY_UNARY, bytes, bytes, deadline=deadline)
+        stream = channel.request(path, Cardinality.UNARY_UNARY, bytes, bytes, deadline=deadline,
+                                 metadata=list(metadata) or None)
         async with stream:
             await stream.send_message(payload, end=True)
             reply = await stream.recv_message()
