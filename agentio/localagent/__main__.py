@@ -24,11 +24,15 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--count", type=int, default=1, help="agents (sockets) to serve")
     parser.add_argument("--wire", choices=("rust", "go"), default="rust",
                         help="answer like the Rust agent or a Go ttrpc server")
-    parser.add_argument("--eof", choices=("empty", "error"), default="empty",
-                        help="end of output as an empty reply (Kata >= 3.27) or an error")
-    parser.add_argument("--agent", choices=("kata", "hyperstart"), default="kata",
-                        help="serve the Kata agent API, or hyperstart (two sockets per guest, "
-                             "printed as 'CTL TTY')")
+    parser.add_argument("--eof", choices=("empty", "error", "unknown"),
+                        help="end of output as an empty reply (Kata >= 3.27), an INTERNAL error "
+                             "(older agents) or UNKNOWN 'EOF' (1.x); default: the agent's own")
+    parser.add_argument("--agent", choices=("kata", "kata1", "hyperstart"), default="kata",
+                        help="serve the Kata agent API (ttrpc), the Kata 1.x API (gRPC), or "
+                             "hyperstart (two sockets per guest, printed as 'CTL TTY')")
+    parser.add_argument("--yamux", action="store_true",
+                        help="with --agent kata1: a yamux session on each connection, HTTP/2 "
+                             "on every stream (as on a 1.x VM's serial port)")
     parser.add_argument("-v", "--verbose", action="store_true")
     return parser
 
@@ -45,7 +49,8 @@ async def _serve(args: argparse.Namespace) -> None:
                 print(ctl, tty, flush=True)
             await stop.wait()
         return
-    async with LocalAgent(args.dir, wire_style=args.wire, eof_style=args.eof) as local:
+    async with LocalAgent(args.dir, wire_style=args.wire, eof_style=args.eof,
+                          agent=args.agent, yamux=args.yamux) as local:
         for address in await local.serve_many(args.count):
             print(address, flush=True)
         await stop.wait()
@@ -56,6 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.count < 1:
         print("--count must be at least 1", file=sys.stderr)
+        return 2
+    if args.yamux and args.agent != "kata1":
+        print("--yamux needs --agent kata1", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING)
     asyncio.run(_serve(args))
