@@ -91,6 +91,11 @@ class LocalAgent:
     def __repr__(self) -> str:
         return f"<LocalAgent {self.agent} {self.directory} sockets={len(self.addresses)}>"
 
+    @property
+    def servers(self) -> list[TtrpcServer | GrpcServer]:
+        """The protocol server of each agent, in :attr:`addresses` order."""
+        return [server for server, _ in self._agents]
+
     def client_settings(self) -> tuple[str, dict[str, bool] | None]:
         """The agent type and config a client passes to reach these agents."""
         if self.agent == "kata1":

@@ -63,6 +63,11 @@ class GrpcServer:
         self._live: weakref.WeakSet[asyncio.BaseProtocol] = weakref.WeakSet()
         self._closing = False
 
+    @property
+    def yamux_sessions(self) -> list[YamuxSession]:
+        """The yamux sessions being served (one per accepted connection, with yamux)."""
+        return [p for p in self._live if isinstance(p, YamuxSession) and not p.is_closing()]
+
     def register(self, service: str, methods: Mapping[str, Handler]) -> None:
         """Serve ``methods`` (bare method name → handler) as ``/service/method``."""
         if self._server is not None:

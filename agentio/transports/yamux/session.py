@@ -519,6 +519,17 @@ class YamuxSession(asyncio.Protocol):
         if self._transport is not None:
             self._transport.abort()
 
+    def pause_reading(self) -> None:
+        """Stop reading the byte stream (every stream stalls; the peer is held back by its
+        windows and the socket). For tests and tools that play a paused VM."""
+        if self._transport is not None and not self._closed:
+            self._transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        """Read the byte stream again after :meth:`pause_reading`."""
+        if self._transport is not None and not self._closed:
+            self._transport.resume_reading()
+
     async def wait_closed(self) -> None:
         """Wait until the byte stream is closed."""
         if self._closed_future is not None:
