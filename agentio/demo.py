@@ -44,7 +44,12 @@ CLEANUP_TIMEOUT = 10.0
 """Seconds the destroy of a failed sandbox may take."""
 
 
-LOCAL_AGENT_TYPES = (AgentType.KATA,)
+LOCAL_AGENT_ARGS: dict[AgentType, tuple[str, ...]] = {
+    AgentType.KATA: (),
+    AgentType.KATA1: ("--agent", "kata1", "--yamux"),  # gRPC on yamux, as on a serial port
+}
+"""The local agent child's arguments for each agent type it serves."""
+LOCAL_AGENT_TYPES = tuple(LOCAL_AGENT_ARGS)
 """Agent types the embedded local agent child can serve."""
 
 
@@ -389,13 +394,14 @@ async def _stop_child(child: asyncio.subprocess.Process) -> None:
 
 
 @contextlib.asynccontextmanager
-async def local_agents(count: int, *, verbose: bool = False) -> AsyncIterator[list[str]]:
-    """Serve ``count`` agents from a child process in a private temporary directory;
-    their addresses. The child is stopped and the directory removed on exit."""
+async def local_agents(count: int, *, verbose: bool = False,
+                       agent: AgentType = AgentType.KATA) -> AsyncIterator[list[str]]:
+    """Serve ``count`` agents of type ``agent`` from a child process in a private temporary
+    directory; their addresses. The child is stopped and the directory removed on exit."""
     directory = tempfile.mkdtemp(prefix="agentio-demo-")  # mode 0700
     try:
         command = [sys.executable, "-m", "agentio.localagent", "--count", str(count),
-                   "--dir", directory, *(["-v"] if verbose else [])]
+                   "--dir", directory, *LOCAL_AGENT_ARGS[agent], *(["-v"] if verbose else [])]
         try:
             child = await asyncio.create_subprocess_exec(
                 *command, stdout=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.DEVNULL)
@@ -461,7 +467,8 @@ async def run_demo(options: Options) -> Summary:
     if options.addresses:
         await _drive(options, options.addresses, summary)
         return summary
-    async with local_agents(options.sandboxes, verbose=options.verbose) as addresses:
+    async with local_agents(options.sandboxes, verbose=options.verbose,
+                            agent=options.agent) as addresses:
         await _drive(options, addresses, summary)
     return summary
 
