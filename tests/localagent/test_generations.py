@@ -51,3 +51,16 @@ def test_fields_the_target_lacks_are_dropped() -> None:
     assert convert(current, pb1_types.Route) == pb1_types.Route(dest="10.0.0.0/8")
     with pytest.raises(LookupError):
         KATA1.encode(pb.Metrics(metrics="x"))
+
+
+def test_messages_of_the_same_layout_skip_the_conversion() -> None:
+    from agentio.localagent.generations import same_layout
+
+    for name in ("CheckRequest", "HealthCheckResponse", "WriteStreamRequest",
+                 "ReadStreamResponse", "WaitProcessResponse", "Process"):
+        assert same_layout(getattr(pb1, name), getattr(pb, name)), name
+    for name in ("CreateContainerRequest", "LinuxSeccomp", "LinuxSyscall", "ExecProcessRequest"):
+        assert not same_layout(getattr(pb1, name), getattr(pb, name)), name
+    assert not same_layout(pb1_types.Interface, pb_types.Interface)  # pciAddr vs devicePath
+    request = pb.WriteStreamRequest(container_id="c", exec_id="e", data=b"\0" * 70000)
+    assert KATA1.decode(pb.WriteStreamRequest, bytes(request)) == request

@@ -415,6 +415,7 @@ class YamuxSession(asyncio.Protocol):
         self._heartbeat: asyncio.TimerHandle | None = None
         self._heartbeat_checks: dict[int, asyncio.TimerHandle] = {}
         self._socket_paused = False
+        self._flush_scheduled = False
         self._exception: AgentError | None = None
         self._closed = False
         self._closed_future: asyncio.Future[None] | None = None
@@ -647,6 +648,15 @@ class YamuxSession(asyncio.Protocol):
             raise ConnectionClosed("yamux session is closed") from self._exception
 
     def _flush(self) -> None:
+        # Everything the codec produced during this turn of the loop goes out in one write:
+        # an HTTP/2 request or answer is several stream writes (HEADERS, DATA, trailers), and
+        # one socket write per frame costs a system call (and a wake-up of the peer) each.
+        if not self._flush_scheduled and self._loop is not None:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._write_out)
+
+    def _write_out(self) -> None:
+        self._flush_scheduled = False
         data = self._conn.data_to_send()
         if data and self._transport is not None and not self._transport.is_closing():
             self._transport.write(data)
