@@ -209,6 +209,14 @@ async def test_metrics_are_not_a_1x_call_and_list_processes_not_a_2x_one() -> No
         await KataAgent(ScriptedChannel({})).list_processes("c")
 
 
+async def test_a_garbled_health_answer_is_an_agent_error(vectors_dir: Path) -> None:
+    # found replaying captures on the wrong stream: Version's answer parsed as Check's
+    calls = {c["path"]: c for c in _sessions(vectors_dir)["health"]}
+    agent = Kata1Agent(ScriptedChannel(calls["/grpc.Health/Version"]), sandbox_id=SANDBOX)
+    with pytest.raises(errors.AgentError, match="agent is"):
+        await agent.check()
+
+
 def test_open_agent_builds_a_grpc_kata1_agent() -> None:
     agent = open_agent("unix:///run/kata/agent.sock", "kata1", sandbox_id="sb",
                        config={"call_timeout": 7})
