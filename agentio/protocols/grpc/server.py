@@ -12,7 +12,9 @@ agent sends them; a request's ``grpc-timeout`` cancels its handler (``DEADLINE_E
 :meth:`GrpcServer.start_unix` serves HTTP/2 straight on each accepted connection, or — with a
 :class:`~agentio.transports.yamux.session.YamuxConfig` — runs a server-role yamux session on
 it and serves one HTTP/2 connection on every stream the client opens (the 1.x agent on its
-serial port). grpclib builds each connection's protocol in ``Server._protocol_factory()``
+serial port). Request messages are read by grpclib as their length prefix says (no size
+bound of ours, unlike the client): serve only private sockets, as the local agent does.
+grpclib builds each connection's protocol in ``Server._protocol_factory()``
 (guarded by ``tests/test_grpclib_hook.py``); we only keep track of the connections to close.
 """
 
