@@ -84,6 +84,8 @@ PROFILES: dict[AgentType, AgentProfile] = {
     AgentType.HYPERSTART: AgentProfile(child_args=("--agent", "hyperstart"), split_tty=True,
                                        sigterm_status=0, stats=False),
     AgentType.NOOP: AgentProfile(child_args=None, verify=False),
+    # gRPC on yamux, as on a 1.x VM's serial port
+    AgentType.KATA1: AgentProfile(child_args=("--agent", "kata1", "--yamux")),
 }
 """Agent types the demo runs without --address, and how."""
 

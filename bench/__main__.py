@@ -67,10 +67,12 @@ def _parser() -> argparse.ArgumentParser:
 
 
 async def _suite(args: argparse.Namespace, name: str, version: str, addresses: Sequence[str],
-                 echo_path: str, agent: Child, echo: Child, memory: MemoryResult) -> LoopRun:
+                 echo_path: str, agent: Child, echo: Child, memory: MemoryResult,
+                 kata1: tuple[str, Child]) -> LoopRun:
     timing: dict[str, Any] = {"duration": args.duration, "warmup": args.warmup}
     rates = await rpc_rates(addresses[0], echo_path, args.concurrency, agent_server=agent,
-                            echo_server=echo, **timing)
+                            echo_server=echo, kata1_address=kata1[0], kata1_server=kata1[1],
+                            **timing)
     stdio, exe = await stdio_and_exec(addresses[-1], mib=args.stdio_mib, **timing)
     return LoopRun(name, version, rates, stdio, exe, memory)
 
@@ -122,16 +124,22 @@ def main(argv: list[str] | None = None) -> int:
         agent = Child("agentio.localagent",
                       ["--count", str(args.sockets), "--dir", str(workdir / "agents")])
         children.append(agent)
+        # the 1.x generation: gRPC on a yamux session, as on a VM's serial port
+        kata1 = Child("agentio.localagent", ["--count", "1", "--dir", str(workdir / "kata1"),
+                                             "--agent", "kata1", "--yamux"])
+        children.append(kata1)
         echo_path = str(workdir / "echo.sock")
         echo = Child("bench.echo", [echo_path])
         children.append(echo)
         addresses = agent.read_lines(args.sockets)
+        (kata1_address,) = kata1.read_lines(1)
         echo.read_lines(1)
         for name, version, factory in loops:
             memory = _memory(name, args.clients_per_socket, addresses)
             with asyncio.Runner(loop_factory=factory) as runner:
                 runs.append(runner.run(
-                    _suite(args, name, version, addresses, echo_path, agent, echo, memory)))
+                    _suite(args, name, version, addresses, echo_path, agent, echo, memory,
+                           (kata1_address, kata1))))
     finally:
         for child in reversed(children):
             child.stop()

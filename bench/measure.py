@@ -22,9 +22,11 @@ from typing import Any
 from agentio import Sandbox, open_agent
 from agentio.agents import Agent
 from agentio.proto.kata import grpc as pb
+from agentio.protocols.grpc import GrpcClient
 from agentio.protocols.ttrpc import TtrpcClient
 from agentio.protocols.ttrpc.codec import encode_request
 from agentio.transports import connect, parse_address
+from agentio.transports.yamux.dialer import YamuxDialer
 
 from .children import Child
 from .echo import EchoClient
@@ -235,6 +237,35 @@ async def ttrpc_caller(address: str) -> AsyncIterator[Call]:
 
 
 @contextlib.asynccontextmanager
+async def kata1_caller(address: str) -> AsyncIterator[Call]:
+    """``Kata1Agent.check()``: the whole library path over gRPC on one yamux stream."""
+    agent = open_agent(address, "kata1", config={"yamux": True})
+    try:
+        await agent.check()
+        yield agent.check
+    finally:
+        await agent.disconnect()
+
+
+@contextlib.asynccontextmanager
+async def grpc_caller(address: str) -> AsyncIterator[Call]:
+    """``GrpcClient.call("grpc.Health", "Check")`` on one yamux stream, dialled like the agent."""
+    target = parse_address(address)
+    dialer = YamuxDialer(lambda factory: connect(target, factory))
+    client = GrpcClient(dialer.connect_stream, on_close=dialer.close)
+    payload = bytes(pb.CheckRequest())
+
+    def check() -> Awaitable[bytes]:
+        return client.call(HEALTH, "Check", payload, timeout=CALL_TIMEOUT)
+
+    try:
+        await check()
+        yield check
+    finally:
+        await client.close()
+
+
+@contextlib.asynccontextmanager
 async def echo_caller(path: str) -> AsyncIterator[Call]:
     """The baseline: framed echo, payload as long as the ttrpc Check request envelope."""
     loop = asyncio.get_running_loop()
@@ -255,10 +286,18 @@ async def echo_caller(path: str) -> AsyncIterator[Call]:
 async def rpc_rates(
     agent_address: str, echo_path: str, concurrencies: Sequence[int], *, duration: float,
     warmup: float, agent_server: Child | None = None, echo_server: Child | None = None,
+    kata1_address: str | None = None, kata1_server: Child | None = None,
 ) -> list[RatePoint]:
-    """Every level at every concurrency; the three levels run back to back per concurrency
-    so that drift on a shared machine touches the library and its baseline alike."""
+    """Every level at every concurrency; the levels run back to back per concurrency so that
+    drift on a shared machine touches the library and its baseline alike. With
+    ``kata1_address`` (a local agent serving 1.x on yamux), the gRPC levels join them."""
     async with contextlib.AsyncExitStack() as stack:
+        grpc_levels = [] if kata1_address is None else [
+            ("kata1.check", await stack.enter_async_context(kata1_caller(kata1_address)),
+             kata1_server),
+            ("grpc.call", await stack.enter_async_context(grpc_caller(kata1_address)),
+             kata1_server),
+        ]
         levels = [
             ("agent.check", await stack.enter_async_context(agent_caller(agent_address)),
              agent_server),
@@ -267,6 +306,7 @@ async def rpc_rates(
              agent_server),
             ("ttrpc.call", await stack.enter_async_context(ttrpc_caller(agent_address)),
              agent_server),
+            *grpc_levels,
             ("echo", await stack.enter_async_context(echo_caller(echo_path)), echo_server),
         ]
         return [

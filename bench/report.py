@@ -109,7 +109,8 @@ def render(machine: Mapping[str, Any], settings: Mapping[str, Any],
     for run in runs:
         label = f"{run.loop} {run.loop_version}".strip()
         lines += ["", f"== client loop: {label} =="]
-        lines += ["", "Health.Check over ONE unix connection (server CPU = the child's)"]
+        lines += ["", "Health.Check over ONE unix connection (server CPU = the child's); "
+                      "Kata 1.x levels: gRPC on one yamux stream of it"]
         rows = []
         for point in sorted(run.rates, key=lambda p: (p.concurrency, _LEVELS.index(p.level))):
             base = run.baseline(point.concurrency)
@@ -136,6 +137,8 @@ def render(machine: Mapping[str, Any], settings: Mapping[str, Any],
     return "\n".join(lines)
 
 
-_LEVELS = ("agent.check", "agent.check+metrics", "ttrpc.call", "echo")
+_LEVELS = ("agent.check", "agent.check+metrics", "ttrpc.call", "kata1.check", "grpc.call",
+           "echo")
 _LABELS = {"agent.check": "KataAgent.check", "agent.check+metrics": "… with metrics on",
-           "ttrpc.call": "TtrpcClient.call", "echo": "echo baseline"}
+           "ttrpc.call": "TtrpcClient.call", "kata1.check": "Kata1Agent.check",
+           "grpc.call": "GrpcClient.call", "echo": "echo baseline"}

@@ -52,7 +52,8 @@ def test_table_has_every_section_with_positive_figures(tiny_run: tuple[str, dict
     assert re.search(r"CPython 3\.\d+\.\d+", table)
     assert re.search(r"cpus: [1-9]\d* \([1-9]\d* usable\)", table)
     assert "== client loop: asyncio ==" in table
-    for label in ("KataAgent.check", "TtrpcClient.call", "echo baseline"):
+    for label in ("KataAgent.check", "TtrpcClient.call", "Kata1Agent.check", "GrpcClient.call",
+                  "echo baseline"):
         for conc in CONCURRENCIES:
             row = re.search(rf"^{re.escape(label)}\s+{conc}\s+({NUMBER})\s+({NUMBER})\s+"
                             rf"({NUMBER})\s+({NUMBER})\s+({NUMBER})$", table, re.MULTILINE)
@@ -82,17 +83,16 @@ def test_json_matches_the_table_and_is_complete(tiny_run: tuple[str, dict[str, A
     (run,) = document["runs"]
     assert run["loop"] == "asyncio"
     points = {(p["level"], p["concurrency"]): p for p in run["rpc"]}
-    assert set(points) == {(level, conc)
-                           for level in ("agent.check", "agent.check+metrics", "ttrpc.call",
-                                         "echo")
-                           for conc in CONCURRENCIES}
+    levels = ("agent.check", "agent.check+metrics", "ttrpc.call", "kata1.check", "grpc.call",
+              "echo")
+    assert set(points) == {(level, conc) for level in levels for conc in CONCURRENCIES}
     for point in points.values():
         assert point["calls"] > 0
         assert point["calls_per_s"] > 0
         assert point["client_us_per_call"] > 0
         assert point["server_us_per_call"] is None or point["server_us_per_call"] >= 0
         assert f"{point['calls_per_s']:,.0f}" in table
-    assert len(run["ratios"]) == 3 * len(CONCURRENCIES)
+    assert len(run["ratios"]) == 5 * len(CONCURRENCIES)
     assert all(r["calls_per_s_ratio"] > 0 and r["client_cpu_ratio"] > 0 for r in run["ratios"])
     assert run["stdio"]["bytes_per_s"] > 0
     assert run["stdio"]["bytes_per_round"] == 1 << 20

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import grpclib.client
 import grpclib.protocol
+import grpclib.server
 import pytest
 from grpclib.config import Configuration
 from grpclib.const import Cardinality, Handler
@@ -134,3 +135,15 @@ async def test_the_hook_is_used_and_called_again_after_a_lost_connection(
         assert len(channel.transports) == 2
     finally:
         channel.close()
+
+
+def test_server_internals_used_by_the_local_grpc_server() -> None:
+    # GrpcServer takes each connection's protocol from Server._protocol_factory() (to serve
+    # HTTP/2 on yamux streams) and waits for Server._handlers on close.
+    factory = grpclib.server.Server._protocol_factory
+    assert list(inspect.signature(factory).parameters) == ["self"]
+    source = inspect.getsource(factory)
+    assert "self._handlers.add(handler)" in source
+    assert "return H2Protocol(handler, self._config, self._h2_config)" in source
+    assert "def wait_closed" in inspect.getsource(grpclib.server.Handler)
+    assert "self.connection = Connection(" in inspect.getsource(grpclib.protocol.H2Protocol)

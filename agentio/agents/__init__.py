@@ -16,9 +16,10 @@ from ..protocols.grpc import GrpcClient
 from ..protocols.hyperstart.client import HyperstartClient
 from ..protocols.ttrpc import TtrpcClient
 from ..transports import Address, connect, parse_address
+from ..transports.yamux.dialer import YamuxDialer
 from .agent_type import AgentType
 from .base import Agent
-from .config import HyperstartConfig, KataConfig, decode_config
+from .config import HyperstartConfig, Kata1Config, KataConfig, decode_config
 from .hyperstart import HyperstartAgent
 from .kata import KataAgent
 from .kata1 import Kata1Agent
@@ -39,6 +40,7 @@ __all__ = [
     "HyperstartAgent",
     "HyperstartConfig",
     "Kata1Agent",
+    "Kata1Config",
     "KataAgent",
     "KataConfig",
     "NoopAgent",
@@ -71,18 +73,15 @@ def open_agent(
     if address is None:
         raise ConfigError(f"the {kind} agent needs an address")
     target = parse_address(address) if isinstance(address, str) else address
-    if kind in (AgentType.KATA, AgentType.KATA1):
+    if kind is AgentType.KATA1:
+        return _open_kata1(target, sandbox_id, config, limits)
+    if kind is AgentType.KATA:
         settings = decode_config(KataConfig, config, what=str(kind))
         policy = settings.dial_policy(limits)
 
         def connector(factory: Any) -> Any:
             return connect(target, factory, policy)
 
-        if kind is AgentType.KATA1:  # gRPC (HTTP/2) instead of ttrpc, 1.x messages
-            grpc = GrpcClient(connector, max_message=limits.max_message,
-                              max_pending=limits.max_pending_calls)
-            return Kata1Agent(grpc, sandbox_id=sandbox_id, call_timeout=settings.call_timeout,
-                              limits=limits)
         channel = TtrpcClient(connector, max_payload=limits.max_message,
                               max_pending=limits.max_pending_calls)
         return KataAgent(channel, sandbox_id=sandbox_id, call_timeout=settings.call_timeout,
@@ -95,6 +94,26 @@ def open_agent(
 @dataclasses.dataclass(frozen=True)
 class _NoConfig:
     """The noop agent takes no settings."""
+
+
+def _open_kata1(target: Address, sandbox_id: str, config: Mapping[str, Any] | None,
+                limits: Limits) -> Agent:
+    """Kata 1.x: gRPC (HTTP/2), straight on the connection or on a yamux stream."""
+    settings = decode_config(Kata1Config, config, what=str(AgentType.KATA1))
+    policy = settings.dial_policy()
+
+    def dial(factory: Any) -> Any:
+        return connect(target, factory, policy)
+
+    if settings.uses_yamux(target):
+        dialer = YamuxDialer(dial)
+        grpc = GrpcClient(dialer.connect_stream, max_message=limits.max_message,
+                          max_pending=limits.max_pending_calls, on_close=dialer.close)
+    else:
+        grpc = GrpcClient(dial, max_message=limits.max_message,
+                          max_pending=limits.max_pending_calls)
+    return Kata1Agent(grpc, sandbox_id=sandbox_id, call_timeout=settings.call_timeout,
+                      limits=limits)
 
 
 def _open_hyperstart(target: Address, sandbox_id: str, config: Mapping[str, Any] | None,

@@ -37,10 +37,11 @@ class KataConfig:
     handshake_timeout: float = 5.0
 
     def __post_init__(self) -> None:
-        for field in dataclasses.fields(self):
-            value = getattr(self, field.name)
+        for name in ("call_timeout", "dial_timeout", "dial_attempt_timeout",
+                     "handshake_timeout"):
+            value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
-                raise ConfigError(f"kata config: {field.name} must be a positive number")
+                raise ConfigError(f"kata config: {name} must be a positive number")
 
     def dial_policy(self, limits: Limits = DEFAULT_LIMITS) -> DialPolicy:
         """The transport's dial policy for these settings (and the handshake line limit)."""
@@ -48,6 +49,26 @@ class KataConfig:
                           attempt_timeout=min(self.dial_attempt_timeout, self.dial_timeout),
                           handshake_timeout=self.handshake_timeout,
                           handshake_max_line=limits.handshake_line)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Kata1Config(KataConfig):
+    """Settings of a Kata 1.x agent connection (gRPC): :class:`KataConfig`'s, and
+
+    Attributes:
+        yamux: run a yamux session on the connection and one HTTP/2 connection per yamux
+            stream (the 1.x agent on a serial port, or behind a proxy), or speak HTTP/2
+            directly (``False``; the 1.x agent on vsock). ``None`` (the default) chooses by
+            address: yamux on ``unix://``, direct on ``vsock://`` and ``hvsock://``.
+    """
+
+    yamux: bool | None = None
+
+    def uses_yamux(self, address: Address) -> bool:
+        """Whether connections to ``address`` run through a yamux session."""
+        if self.yamux is None:
+            return address.scheme == "unix"
+        return self.yamux
 
 
 HYPERSTART_CTL_PORT = 2718
@@ -133,6 +154,11 @@ def decode_config(cls: type[C], values: Mapping[str, Any] | None, *, what: str) 
 
 
 def _check_type(where: str, expected: Any, value: Any) -> Any:
+    options = typing.get_args(expected)
+    if type(None) in options:  # X | None
+        if value is None:
+            return None
+        (expected,) = (option for option in options if option is not type(None))
     if expected is float and isinstance(value, int | float) and not isinstance(value, bool):
         return float(value)
     if expected is int and isinstance(value, int) and not isinstance(value, bool):

@@ -131,8 +131,9 @@ class KataAgent(Agent):
                                     self._pb.HealthCheckResponse, timeout=timeout,
                                     service=HEALTH_SERVICE)
         if response.status != self._pb.HealthCheckResponseServingStatus.SERVING:
-            raise AgentError(f"agent is {response.status.name}", operation="Check",
-                             sandbox=self.sandbox_id)
+            # a garbled answer can decode to a non-enum here: name it without trusting it
+            state = getattr(response.status, "name", None) or f"{response.status!r:.80}"
+            raise AgentError(f"agent is {state}", operation="Check", sandbox=self.sandbox_id)
 
     async def version(self, *, timeout: float | None = None) -> AgentVersion:
         request = self._pb.CheckRequest(service=self._version_service)

@@ -31,11 +31,15 @@ def _parser() -> argparse.ArgumentParser:
                              "must be private to you, mode 0700)")
     parser.add_argument("--wire", choices=("rust", "go"), default="rust",
                         help="answer like the Rust agent or a Go ttrpc server")
-    parser.add_argument("--eof", choices=("empty", "error"), default="empty",
-                        help="end of output as an empty reply (Kata >= 3.27) or an error")
-    parser.add_argument("--agent", choices=("kata", "hyperstart"), default="kata",
-                        help="serve the Kata agent API, or hyperstart (two sockets per guest, "
-                             "printed as 'CTL TTY')")
+    parser.add_argument("--eof", choices=("empty", "error", "unknown"),
+                        help="end of output as an empty reply (Kata >= 3.27), an INTERNAL error "
+                             "(older agents) or UNKNOWN 'EOF' (1.x); default: the agent's own")
+    parser.add_argument("--agent", choices=("kata", "kata1", "hyperstart"), default="kata",
+                        help="serve the Kata agent API (ttrpc), the Kata 1.x API (gRPC), or "
+                             "hyperstart (two sockets per guest, printed as 'CTL TTY')")
+    parser.add_argument("--yamux", action="store_true",
+                        help="with --agent kata1: a yamux session on each connection, HTTP/2 "
+                             "on every stream (as on a 1.x VM's serial port)")
     parser.add_argument("--log-port", action="store_true",
                         help="serve the agents' log as JSON lines on a unix socket, like a "
                              "Kata guest's log port (printed last, as 'log ADDRESS')")
@@ -57,7 +61,8 @@ async def _serve(args: argparse.Namespace) -> None:
         return
     socket_path: Path | None = args.socket
     directory = socket_path.parent if socket_path else args.dir
-    async with LocalAgent(directory, wire_style=args.wire, eof_style=args.eof) as local:
+    async with LocalAgent(directory, wire_style=args.wire, eof_style=args.eof,
+                          agent=args.agent, yamux=args.yamux) as local:
         if socket_path:
             print(await local.serve(socket_path.name.removesuffix(".sock")), flush=True)
         else:
@@ -84,13 +89,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.count < 1:
         print("--count must be at least 1", file=sys.stderr)
         return 2
-    if args.socket and (args.dir or args.count != 1 or args.agent != "kata"
+    if args.socket and (args.dir or args.count != 1 or args.agent == "hyperstart"
                         or not args.socket.endswith(".sock")):
-        print("--socket PATH serves one Kata agent; PATH must end in .sock, and --dir and "
+        print("--socket PATH serves one agent; PATH must end in .sock, and --dir and "
               "--count do not apply", file=sys.stderr)
         return 2
     if args.socket:
         args.socket = Path(args.socket).absolute()
+    if args.yamux and args.agent != "kata1":
+        print("--yamux needs --agent kata1", file=sys.stderr)
+        return 2
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING)
     if not args.verbose:  # --log-port lowers our loggers' level: keep stderr as quiet
         for handler in logging.getLogger().handlers:

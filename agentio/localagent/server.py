@@ -16,10 +16,14 @@ import stat
 import tempfile
 from pathlib import Path
 from types import TracebackType
+from typing import Literal
 
 from ..errors import ConfigError
+from ..protocols.grpc.server import GrpcServer
 from ..protocols.ttrpc import TtrpcServer
 from ..protocols.ttrpc.server import WireStyle
+from ..transports.yamux.session import YamuxConfig
+from .generations import CURRENT, KATA1
 from .service import EofStyle, KataService
 
 log = logging.getLogger(__name__)
@@ -43,16 +47,22 @@ def private_directory(path: str | os.PathLike[str] | None = None) -> tuple[Path,
 
 
 class LocalAgent:
-    """Serves the Kata agent API (ttrpc) from host processes on one or more unix sockets.
+    """Serves the Kata agent API from host processes on one or more unix sockets.
 
     Args:
         directory: where sockets and guest roots go; created private if missing, checked if
             present; a temporary directory when ``None`` (removed on :meth:`close`).
         wire_style: ``"rust"`` answers like the Kata 2.x+ agent (explicit OK status),
             ``"go"`` like a Go ttrpc server.
-        eof_style: how the end of output is said: ``"empty"`` (Kata >= 3.27) or ``"error"``
-            (INTERNAL "read meet eof", older agents).
+        eof_style: how the end of output is said: ``"empty"`` (Kata >= 3.27), ``"error"``
+            (INTERNAL "read meet eof", older agents) or ``"unknown"`` (UNKNOWN "EOF", 1.x);
+            by default the agent generation's own form.
         drain_timeout: how long WaitProcess lets readers drain output after the exit.
+        agent: ``"kata"`` serves the current API over ttrpc; ``"kata1"`` the Kata 1.x API
+            over gRPC (``wire_style`` does not apply).
+        yamux: with ``agent="kata1"``, run a yamux session (server role) on each connection
+            and HTTP/2 on every stream, as the 1.x agent does on its serial port; clients then
+            need ``config={"yamux": True}`` (the default for ``unix://`` addresses).
     """
 
     def __init__(
@@ -60,18 +70,37 @@ class LocalAgent:
         directory: str | os.PathLike[str] | None = None,
         *,
         wire_style: WireStyle = "rust",
-        eof_style: EofStyle = "empty",
+        eof_style: EofStyle | None = None,
         drain_timeout: float = 2.0,
+        agent: Literal["kata", "kata1"] = "kata",
+        yamux: bool = False,
     ) -> None:
+        if agent not in ("kata", "kata1"):
+            raise ConfigError(f"the local agent serves kata or kata1, not {agent!r}")
+        if yamux and agent != "kata1":
+            raise ConfigError("yamux is only served with agent='kata1'")
         self.directory, self._owns_directory = private_directory(directory)
+        self.agent = agent
+        self.yamux = yamux
         self.wire_style: WireStyle = wire_style
-        self.eof_style: EofStyle = eof_style
+        self.eof_style: EofStyle = eof_style or ("unknown" if agent == "kata1" else "empty")
         self.drain_timeout = drain_timeout
-        self._agents: list[tuple[TtrpcServer, KataService]] = []
+        self._agents: list[tuple[TtrpcServer | GrpcServer, KataService]] = []
         self.addresses: list[str] = []
 
     def __repr__(self) -> str:
-        return f"<LocalAgent {self.directory} sockets={len(self.addresses)}>"
+        return f"<LocalAgent {self.agent} {self.directory} sockets={len(self.addresses)}>"
+
+    @property
+    def servers(self) -> list[TtrpcServer | GrpcServer]:
+        """The protocol server of each agent, in :attr:`addresses` order."""
+        return [server for server, _ in self._agents]
+
+    def client_settings(self) -> tuple[str, dict[str, bool] | None]:
+        """The agent type and config a client passes to reach these agents."""
+        if self.agent == "kata1":
+            return "kata1", {"yamux": self.yamux}
+        return "kata", None
 
     async def serve(self, name: str | None = None) -> str:
         """Start one more agent on a new socket; its address (``unix:///…``)."""
@@ -84,9 +113,15 @@ class LocalAgent:
         guest_root.mkdir(mode=0o700, exist_ok=True)
         service = KataService(guest_root=guest_root, eof_style=self.eof_style,
                               drain_timeout=self.drain_timeout)
-        server = TtrpcServer(wire_style=self.wire_style)
-        service.register(server)
-        await server.start_unix(str(path))
+        server: TtrpcServer | GrpcServer
+        if self.agent == "kata1":
+            server = GrpcServer()
+            service.register(server, KATA1)
+            await server.start_unix(str(path), yamux=YamuxConfig() if self.yamux else None)
+        else:
+            server = TtrpcServer(wire_style=self.wire_style)
+            service.register(server, CURRENT)
+            await server.start_unix(str(path))
         self._agents.append((server, service))
         address = f"unix://{path}"
         self.addresses.append(address)

@@ -13,11 +13,12 @@ not enforced; there is no guest network (empty interface and route lists) and no
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, Protocol, TypeVar
 
 import betterproto2
 
@@ -29,10 +30,13 @@ from ..errors import (
     InvalidArgument,
     NotFound,
     RpcError,
+    Unknown,
 )
 from ..proto.kata import grpc as pb
 from ..proto.kata.google import protobuf as pb_empty
-from ..protocols.ttrpc import Handler, ServerCall, TtrpcServer
+from ..proto.kata1 import grpc as pb1
+from ..proto.kata1.google import protobuf as pb1_empty
+from ..protocols.ttrpc import Handler, ServerCall
 from .containers import (
     ContainerExists,
     InvalidId,
@@ -43,12 +47,13 @@ from .containers import (
     UnknownContainer,
     UnknownProcess,
 )
+from .generations import CURRENT, KATA1, Wire
 from .processes import EngineError, HostProcess, InvalidSpec, SpawnFailed
 
 log = logging.getLogger(__name__)
 
 Q = TypeVar("Q", bound=betterproto2.Message)
-EofStyle = Literal["empty", "error"]
+EofStyle = Literal["empty", "error", "unknown"]
 
 MAX_READ_LEN = 1 << 20
 """Largest ReadStdout/ReadStderr answer, well under the 4 MiB frame cap."""
@@ -62,8 +67,19 @@ _UNKNOWN_CONTAINER: Mapping[str, RpcError] = {
 }
 
 
+class Registry(Protocol):
+    """A server handlers register on (:class:`~agentio.protocols.ttrpc.TtrpcServer`,
+    :class:`~agentio.protocols.grpc.server.GrpcServer`)."""
+
+    def register(self, service: str, methods: Mapping[str, Handler]) -> None: ...
+
+
 class KataService:
-    """One local agent: the state of one sandbox and the handlers serving it."""
+    """One local agent: the state of one sandbox and the handlers serving it.
+
+    ``eof_style`` is how the end of output is said: an empty reply (Kata >= 3.27), INTERNAL
+    "read meet eof" (``"error"``, older Rust agents) or UNKNOWN "EOF" (``"unknown"``, 1.x).
+    """
 
     def __init__(
         self, *, guest_root: Path, eof_style: EofStyle = "empty", drain_timeout: float = 2.0
@@ -75,39 +91,48 @@ class KataService:
         self.online_cpus = 0
         self.resources: dict[str, pb.LinuxResources] = {}
 
-    def register(self, server: TtrpcServer) -> None:
-        """Serve this agent's methods on ``server``."""
-        agent: dict[str, Handler] = {
-            "CreateSandbox": _unary(pb.CreateSandboxRequest, self.create_sandbox),
-            "DestroySandbox": _unary(pb.DestroySandboxRequest, self.destroy_sandbox),
-            "CreateContainer": _unary(pb.CreateContainerRequest, self.create_container),
-            "StartContainer": _unary(pb.StartContainerRequest, self.start_container),
-            "RemoveContainer": _unary(pb.RemoveContainerRequest, self.remove_container),
-            "PauseContainer": _unary(pb.PauseContainerRequest, self.pause_container),
-            "ResumeContainer": _unary(pb.ResumeContainerRequest, self.resume_container),
-            "UpdateContainer": _unary(pb.UpdateContainerRequest, self.update_container),
-            "StatsContainer": _unary(pb.StatsContainerRequest, self.stats_container),
-            "ExecProcess": _unary(pb.ExecProcessRequest, self.exec_process),
-            "SignalProcess": _unary(pb.SignalProcessRequest, self.signal_process),
-            "WaitProcess": _unary(pb.WaitProcessRequest, self.wait_process),
-            "ReadStdout": _unary(pb.ReadStreamRequest, self.read_stdout),
-            "ReadStderr": _unary(pb.ReadStreamRequest, self.read_stderr),
-            "WriteStdin": _unary(pb.WriteStreamRequest, self.write_stdin),
-            "CloseStdin": _unary(pb.CloseStdinRequest, self.close_stdin),
-            "TtyWinResize": _unary(pb.TtyWinResizeRequest, self.tty_win_resize),
-            "OnlineCPUMem": _unary(pb.OnlineCpuMemRequest, self.online_cpu_mem),
-            "GetGuestDetails": _unary(pb.GuestDetailsRequest, self.guest_details),
-            "CopyFile": _unary(pb.CopyFileRequest, self.copy_file),
-            "GetOOMEvent": _unary(pb.GetOomEventRequest, self.get_oom_event),
-            "ListInterfaces": _unary(pb.ListInterfacesRequest, self.list_interfaces),
-            "ListRoutes": _unary(pb.ListRoutesRequest, self.list_routes),
-            "GetMetrics": _unary(pb.GetMetricsRequest, self.get_metrics),
-        }
-        server.register("grpc.AgentService", agent)
+    def register(self, server: Registry, wire: Wire = CURRENT) -> None:
+        """Serve this agent's methods on ``server``, in the API generation ``wire`` speaks."""
+        agent = self._methods()
+        if wire is KATA1:
+            del agent["GetMetrics"]  # 1.x has no GetMetrics; it has these instead:
+            agent["ListProcesses"] = (pb1.ListProcessesRequest, self.list_processes)
+            agent["StartTracing"] = (pb1.StartTracingRequest, self.start_tracing)
+            agent["StopTracing"] = (pb1.StopTracingRequest, self.stop_tracing)
+        server.register("grpc.AgentService", {
+            name: _unary(request, method, wire) for name, (request, method) in agent.items()})
         server.register("grpc.Health", {
-            "Check": _unary(pb.CheckRequest, self.check),
-            "Version": _unary(pb.CheckRequest, self.version),
+            "Check": _unary(pb.CheckRequest, self.check, wire),
+            "Version": _unary(pb.CheckRequest, self.version, wire),
         })
+
+    def _methods(self) -> dict[str, tuple[type[Any], Callable[[Any], Awaitable[Any]]]]:
+        return {
+            "CreateSandbox": (pb.CreateSandboxRequest, self.create_sandbox),
+            "DestroySandbox": (pb.DestroySandboxRequest, self.destroy_sandbox),
+            "CreateContainer": (pb.CreateContainerRequest, self.create_container),
+            "StartContainer": (pb.StartContainerRequest, self.start_container),
+            "RemoveContainer": (pb.RemoveContainerRequest, self.remove_container),
+            "PauseContainer": (pb.PauseContainerRequest, self.pause_container),
+            "ResumeContainer": (pb.ResumeContainerRequest, self.resume_container),
+            "UpdateContainer": (pb.UpdateContainerRequest, self.update_container),
+            "StatsContainer": (pb.StatsContainerRequest, self.stats_container),
+            "ExecProcess": (pb.ExecProcessRequest, self.exec_process),
+            "SignalProcess": (pb.SignalProcessRequest, self.signal_process),
+            "WaitProcess": (pb.WaitProcessRequest, self.wait_process),
+            "ReadStdout": (pb.ReadStreamRequest, self.read_stdout),
+            "ReadStderr": (pb.ReadStreamRequest, self.read_stderr),
+            "WriteStdin": (pb.WriteStreamRequest, self.write_stdin),
+            "CloseStdin": (pb.CloseStdinRequest, self.close_stdin),
+            "TtyWinResize": (pb.TtyWinResizeRequest, self.tty_win_resize),
+            "OnlineCPUMem": (pb.OnlineCpuMemRequest, self.online_cpu_mem),
+            "GetGuestDetails": (pb.GuestDetailsRequest, self.guest_details),
+            "CopyFile": (pb.CopyFileRequest, self.copy_file),
+            "GetOOMEvent": (pb.GetOomEventRequest, self.get_oom_event),
+            "ListInterfaces": (pb.ListInterfacesRequest, self.list_interfaces),
+            "ListRoutes": (pb.ListRoutesRequest, self.list_routes),
+            "GetMetrics": (pb.GetMetricsRequest, self.get_metrics),
+        }
 
     async def close(self) -> None:
         """Kill everything the agent started."""
@@ -233,6 +258,8 @@ class KataService:
     def _read_answer(self, data: bytes) -> pb.ReadStreamResponse:
         if not data and self.eof_style == "error":
             raise Internal("read meet eof")
+        if not data and self.eof_style == "unknown":
+            raise Unknown("EOF")
         return pb.ReadStreamResponse(data=data)
 
     async def write_stdin(self, request: pb.WriteStreamRequest) -> pb.WriteStreamResponse:
@@ -246,6 +273,27 @@ class KataService:
     async def tty_win_resize(self, request: pb.TtyWinResizeRequest) -> pb_empty.Empty:
         self._process(request.container_id, request.exec_id).resize(request.row, request.column)
         return pb_empty.Empty()
+
+    async def list_processes(
+        self, request: pb1.ListProcessesRequest
+    ) -> pb1.ListProcessesResponse:
+        """1.x only: the container's pids as a JSON array, or a one-column ``table``."""
+        pids = self._container(request.container_id).pids()
+        if request.format == "json":
+            listing = json.dumps(pids, separators=(",", ":"))
+        elif request.format == "table":
+            listing = "".join(f"{pid}\n" for pid in ["PID", *pids])
+        else:
+            raise InvalidArgument(f"invalid format option {request.format!r}")
+        return pb1.ListProcessesResponse(process_list=listing.encode())
+
+    async def start_tracing(self, request: pb1.StartTracingRequest) -> pb1_empty.Empty:
+        """1.x only: accepted; the local agent has no tracing to start."""
+        return pb1_empty.Empty()
+
+    async def stop_tracing(self, request: pb1.StopTracingRequest) -> pb1_empty.Empty:
+        """1.x only: accepted; the local agent has no tracing to stop."""
+        return pb1_empty.Empty()
 
     # -- guest -----------------------------------------------------------------------------
 
@@ -315,19 +363,20 @@ def _oci(message: betterproto2.Message) -> dict[str, Any]:
 
 
 def _unary(
-    request_type: type[Q], method: Callable[[Q], Awaitable[betterproto2.Message]]
+    request_type: type[Q], method: Callable[[Q], Awaitable[betterproto2.Message]], wire: Wire,
 ) -> Handler:
-    """A ttrpc handler: decode, run, encode; engine errors become the agent's statuses."""
+    """A handler: decode (from ``wire``'s generation), run, encode; engine errors become the
+    agent's statuses."""
     name = _method_name(method)
 
     async def handle(call: ServerCall) -> bytes:
         try:
-            request = request_type.parse(call.payload)
+            request = wire.decode(request_type, call.payload)
         except Exception as exc:
             raise InvalidArgument(f"unmarshal request error: {exc}") from None
         log.debug("rpc %s", call.method)
         try:
-            return bytes(await method(request))
+            return wire.encode(await method(request))
         except EngineError as exc:
             raise _status(call.method, exc) from exc
 

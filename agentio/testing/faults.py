@@ -654,7 +654,8 @@ class _Pipe:
                 await self.ready.wait()
             else:
                 try:
-                    await asyncio.wait_for(self.ready.wait(), timeout)
+                    async with asyncio.timeout(timeout):
+                        await self.ready.wait()
                 except TimeoutError:
                     return False
         unit = self.queue.popleft()

@@ -24,8 +24,10 @@ from grpclib.server import Server, Stream
 
 from agentio import errors
 from agentio.agents import Kata1Agent, KataAgent, ProcessSpec, SandboxSpec, open_agent
+from agentio.agents.config import Kata1Config, decode_config
 from agentio.proto.kata1 import grpc as pb
 from agentio.protocols.grpc import GrpcClient, RawCodec
+from agentio.transports import parse_address
 
 _CODES = {status.name.replace("_", "").lower(): status.value for status in Status}
 SANDBOX = "sandbox-0001"
@@ -207,6 +209,14 @@ async def test_metrics_are_not_a_1x_call_and_list_processes_not_a_2x_one() -> No
         await KataAgent(ScriptedChannel({})).list_processes("c")
 
 
+async def test_a_garbled_health_answer_is_an_agent_error(vectors_dir: Path) -> None:
+    # found replaying captures on the wrong stream: Version's answer parsed as Check's
+    calls = {c["path"]: c for c in _sessions(vectors_dir)["health"]}
+    agent = Kata1Agent(ScriptedChannel(calls["/grpc.Health/Version"]), sandbox_id=SANDBOX)
+    with pytest.raises(errors.AgentError, match="agent is"):
+        await agent.check()
+
+
 def test_open_agent_builds_a_grpc_kata1_agent() -> None:
     agent = open_agent("unix:///run/kata/agent.sock", "kata1", sandbox_id="sb",
                        config={"call_timeout": 7})
@@ -216,6 +226,26 @@ def test_open_agent_builds_a_grpc_kata1_agent() -> None:
     assert repr(agent) == "<Kata1Agent sandbox=sb>"
     with pytest.raises(errors.ConfigError, match="kata1 config"):
         open_agent("unix:///run/kata/agent.sock", "kata1", config={"nope": 1})
+
+
+@pytest.mark.parametrize(("address", "yamux", "expected"), [
+    ("unix:///run/vc/console.sock", None, True),  # a serial port's socket: yamux
+    ("vsock://3:1024", None, False),  # the 1.x agent serves gRPC straight on vsock
+    ("hvsock:///run/vc/vm.sock:1024", None, False),
+    ("unix:///run/vc/console.sock", False, False),
+    ("vsock://3:1024", True, True),
+])
+def test_kata1_yamux_follows_the_address_unless_set(
+    address: str, yamux: bool | None, expected: bool
+) -> None:
+    settings = decode_config(Kata1Config, {"yamux": yamux}, what="kata1")
+    assert settings.uses_yamux(parse_address(address)) is expected
+    agent = open_agent(address, "kata1", config={"yamux": yamux})
+    assert isinstance(agent, Kata1Agent) and isinstance(agent.channel, GrpcClient)
+    with pytest.raises(errors.ConfigError, match="yamux must be bool"):
+        open_agent(address, "kata1", config={"yamux": "yes"})
+    with pytest.raises(errors.ConfigError, match="unknown field 'yamux'"):
+        open_agent(address, "kata", config={"yamux": True})
 
 
 # --- end to end: the recorded answers served by a grpclib server, through a real GrpcClient ---
@@ -263,7 +293,7 @@ async def test_sessions_replay_through_a_real_grpc_channel(
     vectors_dir: Path, replay: tuple[Replay, Path]
 ) -> None:
     service, path = replay
-    agent = open_agent(f"unix://{path}", "kata1", sandbox_id=SANDBOX)
+    agent = open_agent(f"unix://{path}", "kata1", sandbox_id=SANDBOX, config={"yamux": False})
     assert isinstance(agent, Kata1Agent)
     sessions = _sessions(vectors_dir)
     async with agent:

@@ -182,7 +182,9 @@ async def test_the_trace_context_goes_out_in_grpc_headers_too(
     path = sock_dir / "grpc.sock"
     await server.start(path=str(path))
     try:
-        async with agentio.open_agent(f"unix://{path}", "kata1") as agent:
+        # the stub is bare HTTP/2, not behind yamux
+        async with agentio.open_agent(f"unix://{path}", "kata1",
+                                      config={"yamux": False}) as agent:
             agent.telemetry = Telemetry(tracer=tracer)
             await agent.check()
             agent.telemetry = None

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
+from typing import Any
 
 import anyio
 import pytest
@@ -13,16 +15,20 @@ import agentio
 from agentio import errors
 from agentio.localagent import LocalAgent
 
+from .conftest import Target
+
 FAST = agentio.Limits(drain_timeout=1.0)
 
 
-async def _sandbox(address: str, **kwargs: object) -> agentio.Sandbox:
-    return await agentio.Sandbox.create(address, limits=kwargs.pop("limits", FAST),  # type: ignore[arg-type]
-                                        **kwargs)  # type: ignore[arg-type]
+async def _sandbox(target: Target | str, **kwargs: Any) -> agentio.Sandbox:
+    if isinstance(target, Target):
+        kwargs.update(target.create_kwargs())
+        target = target.address
+    return await agentio.Sandbox.create(target, limits=kwargs.pop("limits", FAST), **kwargs)
 
 
-async def test_whole_operation_set(address: str, tmp_path: object) -> None:
-    async with await _sandbox(address, sandbox_id="sb-ops") as sandbox:
+async def test_whole_operation_set(target: Target, tmp_path: object) -> None:
+    async with await _sandbox(target, sandbox_id="sb-ops") as sandbox:
         await sandbox.check()
         version = await sandbox.version()
         assert version.api_version == "0.0.1"
@@ -32,7 +38,11 @@ async def test_whole_operation_set(address: str, tmp_path: object) -> None:
         await sandbox.copy_file("/etc/agentio-test", b"file body")
         assert await sandbox.agent.list_interfaces() == []
         assert await sandbox.agent.list_routes() == []
-        assert "localagent_containers" in await sandbox.agent.get_metrics()
+        if target.kata1:  # not in the 1.x API
+            with pytest.raises(errors.UnsupportedOperation):
+                await sandbox.agent.get_metrics()
+        else:
+            assert "localagent_containers" in await sandbox.agent.get_metrics()
         with pytest.raises(errors.DeadlineExceeded):
             await sandbox.agent.get_oom_event(timeout=0.05)
 
@@ -46,8 +56,12 @@ async def test_whole_operation_set(address: str, tmp_path: object) -> None:
         stats = await container.stats()
         assert stats.pids >= 1
         assert stats.memory_usage_bytes > 0
-        with pytest.raises(errors.UnsupportedOperation):
-            await container.list_processes()
+        if target.kata1:  # only the 1.x API lists processes
+            pids = json.loads(await container.list_processes())
+            assert pids and all(isinstance(pid, int) and pid > 0 for pid in pids)
+        else:
+            with pytest.raises(errors.UnsupportedOperation):
+                await container.list_processes()
 
         await container.pause()
         await container.resume()
@@ -58,9 +72,9 @@ async def test_whole_operation_set(address: str, tmp_path: object) -> None:
         assert "ctr-ops" not in sandbox.containers
 
 
-async def test_stdin_round_trip_and_close_does_not_end_stdout(address: str) -> None:
+async def test_stdin_round_trip_and_close_does_not_end_stdout(target: Target) -> None:
     payload = os.urandom(300_000)
-    async with await _sandbox(address) as sandbox:
+    async with await _sandbox(target) as sandbox:
         container = await sandbox.create_container()
         await container.start()
         proc = await container.exec(["sh", "-c", "cat; echo done"])
@@ -73,8 +87,8 @@ async def test_stdin_round_trip_and_close_does_not_end_stdout(address: str) -> N
         assert await proc.wait() == 0
 
 
-async def test_concurrent_execs_keep_their_own_bytes(address: str) -> None:
-    async with await _sandbox(address) as sandbox:
+async def test_concurrent_execs_keep_their_own_bytes(target: Target) -> None:
+    async with await _sandbox(target) as sandbox:
         container = await sandbox.create_container()
         await container.start()
 
@@ -88,10 +102,10 @@ async def test_concurrent_execs_keep_their_own_bytes(address: str) -> None:
 
 
 async def test_large_output_arrives_complete_and_in_order_with_a_small_buffer(
-    address: str,
+    target: Target,
 ) -> None:
     limits = agentio.Limits(stdout_buffer=64 * 1024, read_chunk=16 * 1024, drain_timeout=1.0)
-    async with await _sandbox(address, limits=limits) as sandbox:
+    async with await _sandbox(target, limits=limits) as sandbox:
         container = await sandbox.create_container()
         await container.start()
         # 4 MiB of numbered lines on stdout, a few lines on stderr in between
@@ -102,11 +116,9 @@ async def test_large_output_arrives_complete_and_in_order_with_a_small_buffer(
         assert err == b"tail\n"
 
 
-async def test_output_buffer_stays_bounded_while_the_caller_does_not_read(
-    address: str,
-) -> None:
+async def test_output_buffer_stays_bounded_while_the_caller_does_not_read(target: Target) -> None:
     limits = agentio.Limits(stdout_buffer=32 * 1024, read_chunk=8 * 1024, drain_timeout=1.0)
-    async with await _sandbox(address, limits=limits) as sandbox:
+    async with await _sandbox(target, limits=limits) as sandbox:
         container = await sandbox.create_container()
         await container.start()
         proc = await container.exec(["sh", "-c", "head -c 5000000 /dev/zero"])
@@ -120,8 +132,8 @@ async def test_output_buffer_stays_bounded_while_the_caller_does_not_read(
         assert await proc.wait() == 0
 
 
-async def test_signal_gives_128_plus_n_and_terminal_resize(address: str) -> None:
-    async with await _sandbox(address) as sandbox:
+async def test_signal_gives_128_plus_n_and_terminal_resize(target: Target) -> None:
+    async with await _sandbox(target) as sandbox:
         container = await sandbox.create_container()
         await container.start()
         sleeper = await container.exec(["sleep", "1000"])
@@ -141,9 +153,9 @@ async def test_signal_gives_128_plus_n_and_terminal_resize(address: str) -> None
         assert await tty.wait() == 0
 
 
-async def test_background_child_holding_stdout_does_not_hang_wait(address: str) -> None:
+async def test_background_child_holding_stdout_does_not_hang_wait(target: Target) -> None:
     limits = agentio.Limits(drain_timeout=0.3)
-    async with await _sandbox(address, limits=limits) as sandbox:
+    async with await _sandbox(target, limits=limits) as sandbox:
         container = await sandbox.create_container()
         await container.start()
         proc = await container.exec(["sh", "-c", "echo hi; sleep 30 &"])
@@ -153,8 +165,8 @@ async def test_background_child_holding_stdout_does_not_hang_wait(address: str) 
             await proc.stdout.read(100)
 
 
-async def test_errors_name_operation_sandbox_and_container(address: str) -> None:
-    async with await _sandbox(address, sandbox_id="sb-err") as sandbox:
+async def test_errors_name_operation_sandbox_and_container(target: Target) -> None:
+    async with await _sandbox(target, sandbox_id="sb-err") as sandbox:
         with pytest.raises(errors.RpcError) as raised:
             await sandbox.agent.exec_process("no-such-ctr", "x1",
                                              agentio.ProcessSpec(args=["true"]))
@@ -168,8 +180,8 @@ async def test_errors_name_operation_sandbox_and_container(address: str) -> None
             await container.exec(["/no/such/binary"])
 
 
-async def test_cancelled_wait_leaves_process_and_connection_usable(address: str) -> None:
-    async with await _sandbox(address) as sandbox:
+async def test_cancelled_wait_leaves_process_and_connection_usable(target: Target) -> None:
+    async with await _sandbox(target) as sandbox:
         container = await sandbox.create_container()
         await container.start()
         proc = await container.exec(["sleep", "1000"])
@@ -181,8 +193,8 @@ async def test_cancelled_wait_leaves_process_and_connection_usable(address: str)
         assert await proc.wait() == 128 + signal.SIGKILL
 
 
-async def test_anyio_task_group_and_cancel_scope(address: str) -> None:
-    async with await _sandbox(address) as sandbox:
+async def test_anyio_task_group_and_cancel_scope(target: Target) -> None:
+    async with await _sandbox(target) as sandbox:
         container = await sandbox.create_container()
         await container.start()
         results: dict[int, bytes] = {}
@@ -205,12 +217,12 @@ async def test_anyio_task_group_and_cancel_scope(address: str) -> None:
         assert await proc.wait() == 128 + signal.SIGTERM
 
 
-async def test_teardown_in_an_expired_cancel_scope_still_runs_to_its_end(address: str) -> None:
+async def test_teardown_in_an_expired_cancel_scope_still_runs_to_its_end(target: Target) -> None:
     # An expired anyio scope cancels every later await in it; closing must still kill, reap
     # and stop its tasks, and a sandbox left inside such a scope must still be destroyed.
     tasks_before = asyncio.all_tasks()
     with anyio.move_on_after(0.1) as outer:
-        sandbox = await _sandbox(address)
+        sandbox = await _sandbox(target)
         async with sandbox:
             container = await sandbox.create_container()
             await container.start()
@@ -237,10 +249,21 @@ async def test_both_eof_forms_and_both_ok_forms(
             assert await proc.communicate() == (b"abc", b"def")
 
 
-async def test_killed_agent_fails_pending_waits_promptly(sock_dir: object) -> None:
-    local = LocalAgent()
-    address = await local.serve()
-    sandbox = await _sandbox(address)
+async def test_unknown_eof_form_over_ttrpc(sock_dir: object) -> None:
+    # the 1.x form of end-of-output (UNKNOWN "EOF") is EOF whichever protocol carries it
+    async with LocalAgent(None, eof_style="unknown") as local:
+        sandbox = await _sandbox(await local.serve())
+        async with sandbox:
+            container = await sandbox.create_container()
+            await container.start()
+            proc = await container.exec(["sh", "-c", "printf abc; printf def >&2"])
+            assert await proc.communicate() == (b"abc", b"def")
+
+
+async def test_killed_agent_fails_pending_waits_promptly(local_agent: LocalAgent) -> None:
+    local = local_agent
+    agent_type, config = local.client_settings()
+    sandbox = await _sandbox(await local.serve(), agent_type=agent_type, config=config)
     try:
         container = await sandbox.create_container()
         await container.start()

@@ -362,10 +362,13 @@ class _Kata1Health:
 async def test_the_kata1_agent_over_grpc(tmp_path: Path) -> None:
     server = Server([_Kata1Health()], codec=RawCodec())
     path = tmp_path / "kata1.sock"
+    config = tmp_path / "kata1.json"
+    config.write_text('{"yamux": false}')  # the stub is bare HTTP/2, not behind yamux
     await server.start(path=str(path))
     try:
         child = await asyncio.create_subprocess_exec(
-            *cli("--address", f"unix://{path}", "--agent", "kata1", "run-script", "-"),
+            *cli("--address", f"unix://{path}", "--agent", "kata1", "--config", str(config),
+                 "run-script", "-"),
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE)
         async with asyncio.timeout(TIMEOUT):

@@ -194,10 +194,13 @@ class GrpcClient:
     """Unary gRPC calls with raw protobuf payloads over a lazily opened connection.
 
     ``connector(protocol_factory)`` opens the byte stream (for example
-    ``lambda f: agentio.transports.connect(address, f, policy)``); it is first called by the
-    first call. Concurrent calls share one HTTP/2 connection. After the connection is lost,
-    calls fail fast with :class:`~agentio.errors.ConnectionClosed` until :meth:`reconnect`;
-    :meth:`close` ends the client for good.
+    ``lambda f: agentio.transports.connect(address, f, policy)``, or a
+    :class:`~agentio.transports.yamux.dialer.YamuxDialer`'s ``connect_stream``); it is first
+    called by the first call. ``on_close`` runs once at the end of :meth:`close` (to close
+    what the connector holds, such as the yamux session). Concurrent calls share one HTTP/2
+    connection. After the connection is lost, calls fail fast with
+    :class:`~agentio.errors.ConnectionClosed` until :meth:`reconnect`; :meth:`close` ends the
+    client for good.
 
     The channel is created on first use, inside the running loop (grpclib requires one), so a
     client can be built anywhere.
@@ -209,6 +212,7 @@ class GrpcClient:
         *,
         max_message: int = DEFAULT_MAX_MESSAGE,
         max_pending: int = DEFAULT_MAX_PENDING,
+        on_close: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         if max_message <= 0:
             raise ConfigError("max_message must be positive")
@@ -220,6 +224,7 @@ class GrpcClient:
         self._pending = 0
         self._channel: _ConnectorChannel | None = None
         self._closed = False
+        self._on_close = on_close
 
     @property
     def pending(self) -> int:
@@ -312,6 +317,9 @@ class GrpcClient:
         if channel is not None:
             channel.closing = True
             await channel.drop()
+        on_close, self._on_close = self._on_close, None
+        if on_close is not None:
+            await on_close()
 
     async def __aenter__(self) -> GrpcClient:
         return self

@@ -13,16 +13,14 @@ its answers stops being read from (no unbounded buffering of answers).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import os
 import socket
-import stat
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Final, Literal, cast
 
 from agentio.errors import AgentError, ConfigError, ProtocolError, RpcError, rpc_error
+from agentio.transports.listen import bind_private_unix, unlink_own_socket
 
 from .codec import (
     MAX_PAYLOAD,
@@ -116,14 +114,8 @@ class TtrpcServer:
         A stale socket file at ``path`` is replaced; any other file is refused. The privacy of
         the parent directory is the caller's job.
         """
-        _remove_stale_socket(path)
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock, inode = bind_private_unix(path)
         try:
-            sock.bind(path)
-            # chmod before listen(): until then nobody can connect, so there is no window
-            # in which the socket is reachable with the umask's mode
-            os.chmod(path, 0o600)
-            inode = os.stat(path).st_ino
             server = await asyncio.get_running_loop().create_unix_server(
                 self.make_protocol, sock=sock
             )
@@ -138,9 +130,7 @@ class TtrpcServer:
         listeners, self._listeners = self._listeners, []
         for server, path, inode in listeners:
             server.close()
-            with contextlib.suppress(OSError):
-                if os.stat(path).st_ino == inode:
-                    os.unlink(path)  # only our own socket, not a successor's
+            unlink_own_socket(path, inode)
         tasks: list[asyncio.Task[None]] = []
         for conn in list(self._connections):
             tasks.extend(conn.abort())
@@ -151,16 +141,6 @@ class TtrpcServer:
 
     def _forget(self, conn: _ServerConnection) -> None:
         self._connections.discard(conn)
-
-
-def _remove_stale_socket(path: str) -> None:
-    try:
-        mode = os.lstat(path).st_mode
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(mode):
-        raise ConfigError(f"{path} exists and is not a socket")
-    os.unlink(path)
 
 
 class _ServerConnection(asyncio.Protocol):

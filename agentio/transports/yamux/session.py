@@ -420,6 +420,7 @@ class YamuxSession(asyncio.Protocol):
         self._heartbeat: asyncio.TimerHandle | None = None
         self._heartbeat_checks: dict[int, asyncio.TimerHandle] = {}
         self._socket_paused = False
+        self._flush_scheduled = False
         self._exception: AgentError | None = None
         self._closed = False
         self._closed_future: asyncio.Future[None] | None = None
@@ -523,6 +524,17 @@ class YamuxSession(asyncio.Protocol):
         self._teardown(ConnectionClosed("yamux session aborted"), None, error=False)
         if self._transport is not None:
             self._transport.abort()
+
+    def pause_reading(self) -> None:
+        """Stop reading the byte stream (every stream stalls; the peer is held back by its
+        windows and the socket). For tests and tools that play a paused VM."""
+        if self._transport is not None and not self._closed:
+            self._transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        """Read the byte stream again after :meth:`pause_reading`."""
+        if self._transport is not None and not self._closed:
+            self._transport.resume_reading()
 
     async def wait_closed(self) -> None:
         """Wait until the byte stream is closed."""
@@ -641,6 +653,15 @@ class YamuxSession(asyncio.Protocol):
             raise ConnectionClosed("yamux session is closed") from self._exception
 
     def _flush(self) -> None:
+        # Everything the codec produced during this turn of the loop goes out in one write:
+        # an HTTP/2 request or answer is several stream writes (HEADERS, DATA, trailers), and
+        # one socket write per frame costs a system call (and a wake-up of the peer) each.
+        if not self._flush_scheduled and self._loop is not None:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._write_out)
+
+    def _write_out(self) -> None:
+        self._flush_scheduled = False
         data = self._conn.data_to_send()
         if data and self._transport is not None and not self._transport.is_closing():
             self._transport.write(data)
