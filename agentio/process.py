@@ -85,17 +85,33 @@ class Process:
             raise
         except AgentError as exc:
             stream.set_exception(exc)
+        except Exception as exc:  # a bug or a value no check caught: still end the stream
+            stream.set_exception(self._unexpected(exc, f"read_{stream.name}"))
 
     async def _watch_exit(self) -> None:
         try:
             status = await self._agent.wait_process(self.container_id, self.exec_id)
+            if type(status) is not int:
+                raise ProtocolError(f"exit status {status!r} is not an integer",
+                                    operation="wait", container=self.container_id,
+                                    exec=self.exec_id)
+            await self._drain_output()
         except AgentError as exc:
             self._wait_error = exc
-            self._exited.set()
-            return
-        await self._drain_output()
-        self.returncode = status
-        self._exited.set()
+        except Exception as exc:  # a bug or a value no check caught: still wake the waiters
+            self._wait_error = self._unexpected(exc, "wait")
+        else:
+            self.returncode = status
+        self._exited.set()  # not when cancelled: close() then says why nobody saw the exit
+
+    def _unexpected(self, exc: Exception, operation: str) -> ProtocolError:
+        """A background task's unexpected failure, as the error its stream or waiter gets."""
+        log.error("process %s/%s: %s failed unexpectedly", self.container_id, self.exec_id,
+                  operation, exc_info=exc)
+        error = ProtocolError(f"unexpected {type(exc).__name__}: {exc}", operation=operation,
+                              container=self.container_id, exec=self.exec_id)
+        error.__cause__ = exc
+        return error
 
     async def _drain_output(self) -> None:
         settling = [asyncio.ensure_future(stream.settled()) for stream in self._pumps]
@@ -137,6 +153,8 @@ class Process:
             raise
         except AgentError as exc:
             self.stdin.finished(exc)
+        except Exception as exc:  # a bug or a value no check caught: still fail the writes
+            self.stdin.finished(self._unexpected(exc, "write_stdin"))
 
     # -- lifecycle ---------------------------------------------------------------------------
 

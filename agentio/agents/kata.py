@@ -30,6 +30,7 @@ from .specs import (
     SandboxSpec,
     process_to_oci,
 )
+from .wiretypes import check_message
 
 R = TypeVar("R", bound=betterproto2.Message)
 
@@ -99,7 +100,9 @@ class KataAgent(Agent):
                             exec=exec_id)
             raise
         try:
-            return response_type.parse(data)
+            response = response_type.parse(data)
+            check_message(response)  # the decoder takes any wire type for any field
+            return response
         except Exception as exc:  # whatever the decoder trips on, the peer sent it
             raise _malformed(method, exc).add_context(
                 sandbox=self.sandbox_id, container=container, exec=exec_id) from exc

@@ -200,3 +200,32 @@ async def test_garbage_answer_is_a_protocol_error() -> None:
     agent = KataAgent(ScriptedChannel(0, "", b"\x08"))
     with pytest.raises(errors.ProtocolError, match="WaitProcess"):
         await agent.wait_process("c", "e")
+
+
+# A field sent with another wire type than its declared one: betterproto2 would hand back a
+# value of the wrong Python type (an int for bytes, a packed list for an int, an int for a
+# message), which must be refused where the answer arrives.
+@pytest.mark.parametrize(("method", "payload", "field"), [
+    ("read_stdout", b"\x08\x05", "ReadStreamResponse.data"),        # bytes as a varint
+    ("wait_process", b"\x0a\x02hi", "WaitProcessResponse.status"),  # int32 length-delimited
+    ("write_stdin", b"\x0a\x01\x05", "WriteStreamResponse.len"),    # uint32 length-delimited
+    ("get_oom_event", b"\x08\x01", "OomEvent.container_id"),        # string as a varint
+    ("check", b"\x0a\x00", "HealthCheckResponse.status"),           # enum length-delimited
+    ("stats_container", b"\x0a\x02\x08\x01", "cpu_stats"),          # nested message as varint
+    ("list_routes", b"\x0a\x00\x08\x01", "routes[1]"),              # repeated: 2nd bad
+    ("guest_details", b"\x08\x01", "GuestDetailsResponse.mem_block_size_bytes"),  # ok: int
+])
+async def test_wrong_wire_type_is_a_protocol_error(method: str, payload: bytes,
+                                                   field: str) -> None:
+    agent = KataAgent(ScriptedChannel(0, "", payload))
+    call = getattr(agent, method)
+    args: tuple[Any, ...] = {
+        "read_stdout": ("c", "e", 1024), "wait_process": ("c", "e"),
+        "write_stdin": ("c", "e", b"x"), "stats_container": ("c",),
+    }.get(method, ())
+    if method == "guest_details":
+        await call(*args)  # the right wire type still parses
+        return
+    with pytest.raises(errors.ProtocolError, match="malformed") as caught:
+        await call(*args)
+    assert field in str(caught.value)
