@@ -95,13 +95,16 @@ class Process:
                 raise ProtocolError(f"exit status {status!r} is not an integer",
                                     operation="wait", container=self.container_id,
                                     exec=self.exec_id)
-            await self._drain_output()
+            budget = await self._drain_output(self._limits.drain_timeout)
         except AgentError as exc:
             self._wait_error = exc
         except Exception as exc:  # a bug or a value no check caught: still wake the waiters
             self._wait_error = self._unexpected(exc, "wait")
         else:
             self.returncode = status
+            self._exited.set()
+            await self._finish_output(budget)
+            return
         self._exited.set()  # not when cancelled: close() then says why nobody saw the exit
 
     def _unexpected(self, exc: Exception, operation: str) -> ProtocolError:
@@ -113,20 +116,46 @@ class Process:
         error.__cause__ = exc
         return error
 
-    async def _drain_output(self) -> None:
-        settling = [asyncio.ensure_future(stream.settled()) for stream in self._pumps]
-        try:
-            _, pending = await asyncio.wait(settling, timeout=self._limits.drain_timeout)
-        finally:
-            for waiter in settling:
-                waiter.cancel()
-        if pending:
-            stuck = [s for s, t in self._pumps.items() if not t.done() and not s.at_eof()]
+    async def _drain_output(self, budget: float) -> float:
+        """Wait until every output stream ended or waits for the caller to read it.
+
+        ``budget`` is the agent's time left to deliver output after the exit; what is left of
+        it is returned. A stream still waiting for the agent when it runs out is cut off.
+        """
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        waiting = [s for s in self._pumps if not s.is_settled()]
+        if waiting and budget > 0:
+            settling = [asyncio.ensure_future(stream.settled()) for stream in waiting]
+            try:
+                _, pending = await asyncio.wait(settling, timeout=budget)
+            finally:
+                for waiter in settling:
+                    waiter.cancel()
+            budget = 0.0 if pending else budget - (loop.time() - started)
+        stuck = [s for s, t in self._pumps.items() if not t.done() and not s.is_settled()]
+        if stuck and budget <= 0:
             log.warning("process %s/%s exited but %s stayed open %.1f s; not reading further",
                         self.container_id, self.exec_id, ", ".join(s.name for s in stuck),
                         self._limits.drain_timeout)
             for stream in stuck:
                 await _cancel(self._pumps[stream])
+        return max(budget, 0.0)
+
+    async def _finish_output(self, budget: float) -> None:
+        """After the exit was reported: output still held back by a full buffer resumes as the
+        caller reads, but waiting for the agent keeps drawing on the same ``budget``."""
+        while True:
+            full = [s for s, t in self._pumps.items() if not t.done() and not s.ended()]
+            if not full:
+                return
+            resumed = [asyncio.ensure_future(stream.wait_for_space()) for stream in full]
+            try:
+                await asyncio.wait(resumed, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for waiter in resumed:
+                    waiter.cancel()
+            budget = await self._drain_output(budget)
 
     # -- stdin -------------------------------------------------------------------------------
 

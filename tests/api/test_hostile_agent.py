@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from agentio.agents.noop import NoopAgent
-from agentio.errors import ProtocolError
+from agentio.errors import OutputIncomplete, ProtocolError
 from agentio.limits import Limits
 from agentio.process import Process
 
@@ -48,5 +48,41 @@ async def test_unexpected_failures_of_background_tasks_reach_the_caller() -> Non
                 await proc.stdin.wait_closed()
             with pytest.raises(ProtocolError, match="wait"):
                 await proc.wait()
+    finally:
+        await proc.close(kill=False)
+
+
+class _Trickle(NoopAgent):
+    """Fills the caller's stdout buffer at once, exits, then sends one byte at a time forever."""
+
+    def __init__(self, burst: int) -> None:
+        super().__init__()
+        self.burst = burst
+        self.sent = 0
+        self.filled = asyncio.Event()
+
+    async def read_stdout(self, container_id: str, exec_id: str, size: int,
+                          **kwargs: Any) -> bytes:
+        if self.sent < self.burst:
+            self.sent += size
+            if self.sent >= self.burst:
+                self.filled.set()
+            return b"B" * size
+        await asyncio.sleep(0.01)  # the agent's own pace
+        return b"t"
+
+    async def wait_process(self, *args: Any, **kwargs: Any) -> int:
+        await self.filled.wait()
+        return 0
+
+
+async def test_drain_timeout_still_applies_after_the_buffer_was_full_once() -> None:
+    agent = _Trickle(burst=64)
+    proc = _process(agent, Limits(stdout_buffer=64, read_chunk=16, drain_timeout=0.3))
+    try:
+        async with asyncio.timeout(5):
+            assert await proc.wait() == 0  # reported while the full buffer waits for us
+            with pytest.raises(OutputIncomplete):
+                await proc.communicate()
     finally:
         await proc.close(kill=False)
