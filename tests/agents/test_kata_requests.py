@@ -184,6 +184,19 @@ async def test_every_end_of_output_form_is_eof(status: int, message: str) -> Non
     assert await agent.read_stderr("c", "e", 1024) == b""
 
 
+@pytest.mark.parametrize(("status", "message"), [
+    (13, "disk geofence failure"),                       # merely contains "eof"
+    (3, "unmarshal request error: unexpected EOF"),      # the agent could not read our request
+    (13, "EOF"), (2, "read meet eof"),                   # a real text under the wrong code
+    (2, "unexpected EOF while reading pipe"),
+])
+async def test_other_errors_mentioning_eof_are_errors(status: int, message: str) -> None:
+    agent = KataAgent(ScriptedChannel(status, message, b""))
+    with pytest.raises(errors.RpcError) as raised:
+        await agent.read_stdout("c", "e", 1024)
+    assert raised.value.code == status
+
+
 async def test_not_found_on_read_is_not_eof() -> None:
     agent = KataAgent(ScriptedChannel(5, "Process e not found", b""))
     with pytest.raises(errors.NotFound):
