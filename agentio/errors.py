@@ -15,11 +15,23 @@ from typing import ClassVar
 
 _CONTEXT_KEYS = ("sandbox", "container", "exec")
 
+MAX_MESSAGE_TEXT = 1024
+"""Characters of an error's message kept: the text often comes from the agent (a status
+message, a guest's error text), and the wire allows megabytes of it."""
+
+
+def truncate_text(text: str, limit: int = MAX_MESSAGE_TEXT) -> str:
+    """``text`` cut to ``limit`` characters, with a marker saying how much was dropped."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... [{len(text) - limit} more characters]"
+
 
 class AgentError(Exception):
     """Base class of all agentio errors."""
 
     def __init__(self, message: str = "", *, operation: str | None = None, **context: str) -> None:
+        message = truncate_text(message)  # the one place every error's text passes
         super().__init__(message)
         self.message = message
         self.operation = operation

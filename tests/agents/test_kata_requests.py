@@ -242,3 +242,14 @@ async def test_wrong_wire_type_is_a_protocol_error(method: str, payload: bytes,
     with pytest.raises(errors.ProtocolError, match="malformed") as caught:
         await call(*args)
     assert field in str(caught.value)
+
+
+async def test_huge_agent_error_text_is_truncated() -> None:
+    text = "guest says: " + "x" * (4 << 20)
+    agent = KataAgent(ScriptedChannel(13, text, b""), sandbox_id="sb")
+    with pytest.raises(errors.Internal) as raised:
+        await agent.wait_process("c", "e")
+    shown = str(raised.value)
+    assert len(shown) < 2 * errors.MAX_MESSAGE_TEXT
+    assert "guest says: xxx" in shown and f"[{len(text) - errors.MAX_MESSAGE_TEXT} more" in shown
+    assert "WaitProcess (sandbox=sb container=c exec=e)" in shown  # context is kept whole
