@@ -274,6 +274,18 @@ class Process:
         await self.close()
 
 
+async def close_all(processes: list[Process], *, kill: bool) -> None:
+    """Close ``processes`` concurrently (each may wait ``Limits.drain_timeout`` for its exit).
+
+    Every process is closed even if some fail; the first failure is raised afterwards.
+    """
+    results = await asyncio.gather(*(p.close(kill=kill) for p in processes),
+                                   return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+
+
 async def _cancel(task: asyncio.Task[None]) -> None:
     """Cancel ``task`` and wait for it to finish, without swallowing our own cancellation."""
     if task.done():

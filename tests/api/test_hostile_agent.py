@@ -12,9 +12,12 @@ from typing import Any
 import pytest
 
 from agentio.agents.noop import NoopAgent
-from agentio.errors import OutputIncomplete, ProtocolError
+from agentio.agents.specs import SandboxSpec
+from agentio.errors import AgentError, AgentTimeout, OutputIncomplete, ProtocolError
 from agentio.limits import Limits
 from agentio.process import Process
+from agentio.sandbox import Sandbox
+from agentio.teardown import shielded_teardown
 
 
 def _process(agent: NoopAgent, limits: Limits | None = None) -> Process:
@@ -86,3 +89,60 @@ async def test_drain_timeout_still_applies_after_the_buffer_was_full_once() -> N
                 await proc.communicate()
     finally:
         await proc.close(kill=False)
+
+
+class _NeverExits(NoopAgent):
+    """Never answers WaitProcess (a hung or hostile agent)."""
+
+    async def wait_process(self, *args: Any, **kwargs: Any) -> int:
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+
+async def test_destroy_closes_processes_concurrently() -> None:
+    limits = Limits(drain_timeout=0.2, teardown_timeout=30)
+    sandbox = Sandbox(_NeverExits(), SandboxSpec(sandbox_id="sb"), limits=limits)
+    await sandbox.start()
+    container = await sandbox.create_container()
+    await container.start()
+    procs = [await container.exec(["x"]) for _ in range(19)]
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    async with asyncio.timeout(10):
+        await sandbox.destroy()
+    # one after another, 20 processes would take 20 drain timeouts (4 s)
+    assert loop.time() - started < 10 * limits.drain_timeout
+    for proc in procs:
+        with pytest.raises(AgentError, match="closed before"):
+            await proc.wait()
+
+
+async def test_nested_teardown_ends_by_the_enclosing_deadline() -> None:
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    async with asyncio.timeout(5):
+        with pytest.raises(AgentTimeout, match="outer"):
+            async with shielded_teardown(0.2, "outer"):
+                with pytest.raises(AgentTimeout, match="inner"):
+                    async with shielded_teardown(30, "inner"):
+                        await asyncio.Event().wait()
+                await asyncio.Event().wait()
+    assert loop.time() - started < 3
+
+
+async def test_teardown_deadline_reaches_closes_started_inside() -> None:
+    """Processes closed inside a teardown (in tasks of their own) end by its deadline."""
+    limits = Limits(drain_timeout=30, teardown_timeout=30)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    sandbox = Sandbox(_NeverExits(), SandboxSpec(sandbox_id="sb"), limits=limits)
+    await sandbox.start()
+    container = await sandbox.create_container()
+    await container.start()
+    for _ in range(3):
+        await container.exec(["x"])
+    async with asyncio.timeout(10):
+        with pytest.raises(AgentTimeout):
+            async with shielded_teardown(0.3, "outer"):
+                await container.remove()
+    assert loop.time() - started < 3
