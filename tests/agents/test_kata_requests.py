@@ -253,3 +253,43 @@ async def test_huge_agent_error_text_is_truncated() -> None:
     assert len(shown) < 2 * errors.MAX_MESSAGE_TEXT
     assert "guest says: xxx" in shown and f"[{len(text) - errors.MAX_MESSAGE_TEXT} more" in shown
     assert "WaitProcess (sandbox=sb container=c exec=e)" in shown  # context is kept whole
+
+
+async def test_stats_converts_the_whole_answer_only_when_raw_is_read(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from agentio.proto.kata import grpc as pb
+    answer = pb.StatsContainerResponse(cgroup_stats=pb.CgroupStats(
+        cpu_stats=pb.CpuStats(cpu_usage=pb.CpuUsage(total_usage=7, percpu_usage=[3, 4]))))
+    conversions: list[object] = []
+    to_dict = pb.StatsContainerResponse.to_dict
+
+    def counting(self: Any, *args: Any, **kwargs: Any) -> Any:
+        conversions.append(self)
+        return to_dict(self, *args, **kwargs)
+
+    monkeypatch.setattr(pb.StatsContainerResponse, "to_dict", counting)
+    stats = await KataAgent(ScriptedChannel(0, "", bytes(answer))).stats_container("c")
+    assert stats.cpu_usage_ns == 7 and not conversions  # megabytes of per-CPU figures wait
+    assert stats.raw["cgroupStats"]["cpuStats"]["cpuUsage"]["percpuUsage"] == ["3", "4"]
+    assert len(conversions) == 1
+
+
+@pytest.mark.parametrize(("size", "off_loop"), [(100, False), (300_000, True)])
+async def test_large_answers_are_decoded_off_the_loop(
+        monkeypatch: pytest.MonkeyPatch, size: int, off_loop: bool) -> None:
+    import threading
+
+    from agentio.agents import kata
+    from agentio.proto.kata import grpc as pb
+    threads: list[int] = []
+    check = kata.check_message
+
+    def recording(message: Any) -> None:
+        threads.append(threading.get_ident())
+        check(message)
+
+    monkeypatch.setattr(kata, "check_message", recording)
+    payload = bytes(pb.Metrics(metrics="m" * size))
+    assert (len(payload) > kata.OFF_LOOP_DECODE) is off_loop
+    assert await KataAgent(ScriptedChannel(0, "", payload)).get_metrics() == "m" * size
+    assert (threads != [threading.get_ident()]) is off_loop
