@@ -8,8 +8,12 @@ Three kinds of background task serve one process, all owned here and cancelled b
 :meth:`Process.close`: one pump per output stream (ReadStdout/ReadStderr long polls into a
 bounded :class:`~agentio.streams.OutputStream`), one exit watcher (WaitProcess), and a stdin
 writer started on first write. The exit watcher reports the status only after both outputs
-ended — the agent forgets the process once WaitProcess returns — but gives up waiting after
-``Limits.drain_timeout``, because a background child can hold stdout open forever.
+ended — the agent forgets the process once WaitProcess returns — or wait for the caller to
+read a full buffer. After the exit the agent gets ``Limits.drain_timeout`` in all to deliver
+the rest (time spent waiting for the caller does not count); a stream still waiting for the
+agent then is cut off with :class:`~agentio.errors.OutputIncomplete`, because a background
+child can hold stdout open forever. Any unexpected failure of these tasks reaches the stream
+or waiter as a :class:`~agentio.errors.ProtocolError`; none dies silently.
 """
 
 from __future__ import annotations
