@@ -16,7 +16,7 @@ from typing import Any, ClassVar, Protocol, TypeVar
 
 import betterproto2
 
-from ..errors import AgentError, ProtocolError, RpcError, is_end_of_stream
+from ..errors import AgentError, AgentTimeout, ProtocolError, RpcError, is_end_of_stream
 from ..limits import DEFAULT_LIMITS, Limits
 from ..proto.kata import grpc as pb
 from ..proto.kata.google import protobuf as pb_empty
@@ -109,6 +109,7 @@ class KataAgent(Agent):
     ) -> T:
         """Call ``method``; parse, check and ``convert`` the answer (off the loop if large)."""
         bound = self._bound(timeout, long_poll)
+        deadline = None if bound is None else asyncio.get_running_loop().time() + bound
         try:
             data = await self.channel.call(service, method, bytes(request), timeout=bound,
                                            send_timeout=not long_poll)
@@ -125,9 +126,15 @@ class KataAgent(Agent):
         try:
             if len(data) > OFF_LOOP_DECODE:
                 # decoding megabytes of small entries takes seconds to minutes of CPU: let
-                # the loop (other sandboxes, deadlines) run meanwhile
-                return await asyncio.to_thread(decode)
+                # the loop (other sandboxes, deadlines) run meanwhile; the call's deadline
+                # covers the decoding too (the thread itself cannot be stopped)
+                async with asyncio.timeout_at(deadline):
+                    return await asyncio.to_thread(decode)
             return decode()
+        except TimeoutError:
+            raise AgentTimeout(f"decoding {len(data)} bytes of answer outlasted the "
+                               f"{bound:g}s deadline", operation=method, sandbox=self.sandbox_id,
+                               container=container or "", exec=exec_id or "") from None
         except Exception as exc:  # whatever the decoder trips on, the peer sent it
             raise _malformed(method, exc).add_context(
                 sandbox=self.sandbox_id, container=container, exec=exec_id) from exc

@@ -7,6 +7,7 @@ the vector's values must be byte-identical to what the Go client sent, and the a
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import Any
@@ -293,3 +294,25 @@ async def test_large_answers_are_decoded_off_the_loop(
     assert (len(payload) > kata.OFF_LOOP_DECODE) is off_loop
     assert await KataAgent(ScriptedChannel(0, "", payload)).get_metrics() == "m" * size
     assert (threads != [threading.get_ident()]) is off_loop
+
+
+async def test_decoding_a_large_answer_is_bounded_by_the_call_deadline(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    from agentio.agents import kata
+    from agentio.proto.kata import grpc as pb
+    release = threading.Event()
+
+    def slow(message: Any) -> None:  # an answer that takes minutes to decode
+        release.wait(10)
+
+    monkeypatch.setattr(kata, "check_message", slow)
+    payload = bytes(pb.Metrics(metrics="m" * (kata.OFF_LOOP_DECODE + 1)))
+    agent = KataAgent(ScriptedChannel(0, "", payload))
+    try:
+        async with asyncio.timeout(5):
+            with pytest.raises(errors.AgentTimeout, match=r"GetMetrics.*deadline"):
+                await agent.get_metrics(timeout=0.2)
+    finally:
+        release.set()
