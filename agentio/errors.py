@@ -15,11 +15,23 @@ from typing import ClassVar
 
 _CONTEXT_KEYS = ("sandbox", "container", "exec")
 
+MAX_MESSAGE_TEXT = 1024
+"""Characters of an error's message kept: the text often comes from the agent (a status
+message, a guest's error text), and the wire allows megabytes of it."""
+
+
+def truncate_text(text: str, limit: int = MAX_MESSAGE_TEXT) -> str:
+    """``text`` cut to ``limit`` characters, with a marker saying how much was dropped."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... [{len(text) - limit} more characters]"
+
 
 class AgentError(Exception):
     """Base class of all agentio errors."""
 
     def __init__(self, message: str = "", *, operation: str | None = None, **context: str) -> None:
+        message = truncate_text(message)  # the one place every error's text passes
         super().__init__(message)
         self.message = message
         self.operation = operation
@@ -222,11 +234,17 @@ def rpc_error(code: int, message: str, *, operation: str | None = None) -> RpcEr
     return cls(message, operation=operation)
 
 
+_END_OF_STREAM: frozenset[tuple[int, str]] = frozenset({
+    (13, "read meet eof"),  # the Rust agent before Kata 3.27: INTERNAL "read meet eof"
+    (2, "EOF"),             # the Go agent of Kata 1.x: gRPC UNKNOWN "EOF" (io.EOF's text)
+})
+
+
 def is_end_of_stream(error: RpcError) -> bool:
     """True for the agent answers that mean "this output stream has ended".
 
-    Agents say it three ways: an OK reply with no data (handled by the caller), an error whose
-    text contains "eof" (older Rust agents: INTERNAL "read meet eof"), and gRPC UNKNOWN "EOF"
-    (Kata 1.x).
+    Agents say it three ways: an OK reply with no data (handled by the caller), INTERNAL
+    "read meet eof" (older Rust agents) and gRPC UNKNOWN "EOF" (Kata 1.x). Only those exact
+    forms count: any other error that merely mentions "eof" is an error, not an end.
     """
-    return "eof" in error.message.lower() and not isinstance(error, NotFound)
+    return (error.code, error.message) in _END_OF_STREAM

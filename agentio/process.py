@@ -8,8 +8,12 @@ Three kinds of background task serve one process, all owned here and cancelled b
 :meth:`Process.close`: one pump per output stream (ReadStdout/ReadStderr long polls into a
 bounded :class:`~agentio.streams.OutputStream`), one exit watcher (WaitProcess), and a stdin
 writer started on first write. The exit watcher reports the status only after both outputs
-ended — the agent forgets the process once WaitProcess returns — but gives up waiting after
-``Limits.drain_timeout``, because a background child can hold stdout open forever.
+ended — the agent forgets the process once WaitProcess returns — or wait for the caller to
+read a full buffer. After the exit the agent gets ``Limits.drain_timeout`` in all to deliver
+the rest (time spent waiting for the caller does not count); a stream still waiting for the
+agent then is cut off with :class:`~agentio.errors.OutputIncomplete`, because a background
+child can hold stdout open forever. Any unexpected failure of these tasks reaches the stream
+or waiter as a :class:`~agentio.errors.ProtocolError`; none dies silently.
 """
 
 from __future__ import annotations
@@ -85,32 +89,77 @@ class Process:
             raise
         except AgentError as exc:
             stream.set_exception(exc)
+        except Exception as exc:  # a bug or a value no check caught: still end the stream
+            stream.set_exception(self._unexpected(exc, f"read_{stream.name}"))
 
     async def _watch_exit(self) -> None:
         try:
             status = await self._agent.wait_process(self.container_id, self.exec_id)
+            if type(status) is not int:
+                raise ProtocolError(f"exit status {status!r} is not an integer",
+                                    operation="wait", container=self.container_id,
+                                    exec=self.exec_id)
+            budget = await self._drain_output(self._limits.drain_timeout)
         except AgentError as exc:
             self._wait_error = exc
+        except Exception as exc:  # a bug or a value no check caught: still wake the waiters
+            self._wait_error = self._unexpected(exc, "wait")
+        else:
+            self.returncode = status
             self._exited.set()
+            await self._finish_output(budget)
             return
-        await self._drain_output()
-        self.returncode = status
-        self._exited.set()
+        self._exited.set()  # not when cancelled: close() then says why nobody saw the exit
 
-    async def _drain_output(self) -> None:
-        settling = [asyncio.ensure_future(stream.settled()) for stream in self._pumps]
-        try:
-            _, pending = await asyncio.wait(settling, timeout=self._limits.drain_timeout)
-        finally:
-            for waiter in settling:
-                waiter.cancel()
-        if pending:
-            stuck = [s for s, t in self._pumps.items() if not t.done() and not s.at_eof()]
+    def _unexpected(self, exc: Exception, operation: str) -> ProtocolError:
+        """A background task's unexpected failure, as the error its stream or waiter gets."""
+        log.error("process %s/%s: %s failed unexpectedly", self.container_id, self.exec_id,
+                  operation, exc_info=exc)
+        error = ProtocolError(f"unexpected {type(exc).__name__}: {exc}", operation=operation,
+                              container=self.container_id, exec=self.exec_id)
+        error.__cause__ = exc
+        return error
+
+    async def _drain_output(self, budget: float) -> float:
+        """Wait until every output stream ended or waits for the caller to read it.
+
+        ``budget`` is the agent's time left to deliver output after the exit; what is left of
+        it is returned. A stream still waiting for the agent when it runs out is cut off.
+        """
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        waiting = [s for s in self._pumps if not s.is_settled()]
+        if waiting and budget > 0:
+            settling = [asyncio.ensure_future(stream.settled()) for stream in waiting]
+            try:
+                _, pending = await asyncio.wait(settling, timeout=budget)
+            finally:
+                for waiter in settling:
+                    waiter.cancel()
+            budget = 0.0 if pending else budget - (loop.time() - started)
+        stuck = [s for s, t in self._pumps.items() if not t.done() and not s.is_settled()]
+        if stuck and budget <= 0:
             log.warning("process %s/%s exited but %s stayed open %.1f s; not reading further",
                         self.container_id, self.exec_id, ", ".join(s.name for s in stuck),
                         self._limits.drain_timeout)
             for stream in stuck:
                 await _cancel(self._pumps[stream])
+        return max(budget, 0.0)
+
+    async def _finish_output(self, budget: float) -> None:
+        """After the exit was reported: output still held back by a full buffer resumes as the
+        caller reads, but waiting for the agent keeps drawing on the same ``budget``."""
+        while True:
+            full = [s for s, t in self._pumps.items() if not t.done() and not s.ended()]
+            if not full:
+                return
+            resumed = [asyncio.ensure_future(stream.wait_for_space()) for stream in full]
+            try:
+                await asyncio.wait(resumed, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for waiter in resumed:
+                    waiter.cancel()
+            budget = await self._drain_output(budget)
 
     # -- stdin -------------------------------------------------------------------------------
 
@@ -137,6 +186,8 @@ class Process:
             raise
         except AgentError as exc:
             self.stdin.finished(exc)
+        except Exception as exc:  # a bug or a value no check caught: still fail the writes
+            self.stdin.finished(self._unexpected(exc, "write_stdin"))
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -225,6 +276,18 @@ class Process:
         tb: TracebackType | None,
     ) -> None:
         await self.close()
+
+
+async def close_all(processes: list[Process], *, kill: bool) -> None:
+    """Close ``processes`` concurrently (each may wait ``Limits.drain_timeout`` for its exit).
+
+    Every process is closed even if some fail; the first failure is raised afterwards.
+    """
+    results = await asyncio.gather(*(p.close(kill=kill) for p in processes),
+                                   return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
 
 
 async def _cancel(task: asyncio.Task[None]) -> None:

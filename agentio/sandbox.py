@@ -31,7 +31,7 @@ from .agents.specs import (
 )
 from .errors import AgentError
 from .limits import DEFAULT_LIMITS, Limits
-from .process import Process
+from .process import Process, close_all
 from .teardown import shielded_teardown
 
 log = logging.getLogger(__name__)
@@ -120,9 +120,11 @@ class Sandbox:
                     await self.agent.stop_sandbox(self.id, timeout=timeout)
             finally:
                 try:
-                    for container in list(self.containers.values()):
-                        await container._close_processes()
+                    await close_all([p for c in self.containers.values()
+                                     for p in c.processes.values()], kill=False)
                 finally:
+                    for container in self.containers.values():
+                        container.processes.clear()
                     self.containers.clear()
                     await self.agent.disconnect()
 
@@ -271,9 +273,10 @@ class Container:
 
     async def _close_processes(self) -> None:
         # The agent already killed them: wait for their exits, don't signal again.
-        for process in list(self.processes.values()):
-            await process.close(kill=False)
-        self.processes.clear()
+        try:
+            await close_all(list(self.processes.values()), kill=False)
+        finally:
+            self.processes.clear()
 
     async def remove(self, *, timeout: float | None = None) -> None:
         """Stop the container (killing its processes) and forget it. Idempotent.

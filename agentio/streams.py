@@ -71,8 +71,17 @@ class OutputStream:
         """Block the producer while ``limit`` bytes wait unread."""
         await self._space.wait()
 
+    def is_settled(self) -> bool:
+        """True while the stream needs nothing from the agent: it ended, or it is full and
+        waits for the caller to read (reading makes it unsettled again)."""
+        return self._settled.is_set()
+
+    def ended(self) -> bool:
+        """True once the agent's side of the stream ended (bytes may still wait unread)."""
+        return self._eof
+
     async def settled(self) -> None:
-        """Wait until the stream ended, or is full and waiting for the caller to read."""
+        """Wait until :meth:`is_settled`."""
         await self._settled.wait()
 
     # -- consumer side -----------------------------------------------------------------------
@@ -95,6 +104,8 @@ class OutputStream:
         del self._buffer[:n]
         if len(self._buffer) < self._limit:
             self._space.set()
+            if not self._eof:
+                self._settled.clear()  # the pump asks the agent again
         return data
 
     def _raise_if_failed(self) -> None:

@@ -9,13 +9,14 @@ sent without a wire deadline.
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar, Protocol, TypeVar
 
 import betterproto2
 
-from ..errors import AgentError, ProtocolError, RpcError, is_end_of_stream
+from ..errors import AgentError, AgentTimeout, ProtocolError, RpcError, is_end_of_stream
 from ..limits import DEFAULT_LIMITS, Limits
 from ..proto.kata import grpc as pb
 from ..proto.kata.google import protobuf as pb_empty
@@ -25,14 +26,20 @@ from .oci import from_oci
 from .specs import (
     AgentVersion,
     ContainerStats,
+    LazyMapping,
     OciMapping,
     ProcessSpec,
     SandboxSpec,
     process_to_oci,
 )
 from .telemetry import outgoing_metadata
+from .wiretypes import check_message
 
 R = TypeVar("R", bound=betterproto2.Message)
+T = TypeVar("T")
+
+OFF_LOOP_DECODE = 256 * 1024
+"""Answers larger than this many bytes are decoded in a worker thread, not on the loop."""
 
 AGENT_SERVICE = "grpc.AgentService"
 HEALTH_SERVICE = "grpc.Health"
@@ -91,7 +98,19 @@ class KataAgent(Agent):
         timeout: float | None, long_poll: bool = False, service: str = AGENT_SERVICE,
         container: str | None = None, exec_id: str | None = None,
     ) -> R:
+        return await self._call_as(method, request, response_type, _same, timeout=timeout,
+                                   long_poll=long_poll, service=service, container=container,
+                                   exec_id=exec_id)
+
+    async def _call_as(
+        self, method: str, request: betterproto2.Message, response_type: type[R],
+        convert: Callable[[R], T], *, timeout: float | None, long_poll: bool = False,
+        service: str = AGENT_SERVICE, container: str | None = None,
+        exec_id: str | None = None,
+    ) -> T:
+        """Call ``method``; parse, check and ``convert`` the answer (off the loop if large)."""
         bound = self._bound(timeout, long_poll)
+        deadline = None if bound is None else asyncio.get_running_loop().time() + bound
         try:
             metadata = outgoing_metadata()  # the trace context, when tracing
             data = await self.channel.call(service, method, bytes(request), timeout=bound,
@@ -101,8 +120,24 @@ class KataAgent(Agent):
             exc.add_context(operation=method, sandbox=self.sandbox_id, container=container,
                             exec=exec_id)
             raise
+
+        def decode() -> T:
+            response = response_type.parse(data)
+            check_message(response)  # the decoder takes any wire type for any field
+            return convert(response)
+
         try:
-            return response_type.parse(data)
+            if len(data) > OFF_LOOP_DECODE:
+                # decoding megabytes of small entries takes seconds to minutes of CPU: let
+                # the loop (other sandboxes, deadlines) run meanwhile; the call's deadline
+                # covers the decoding too (the thread itself cannot be stopped)
+                async with asyncio.timeout_at(deadline):
+                    return await asyncio.to_thread(decode)
+            return decode()
+        except TimeoutError:
+            raise AgentTimeout(f"decoding {len(data)} bytes of answer outlasted the "
+                               f"{bound:g}s deadline", operation=method, sandbox=self.sandbox_id,
+                               container=container or "", exec=exec_id or "") from None
         except Exception as exc:  # whatever the decoder trips on, the peer sent it
             raise _malformed(method, exc).add_context(
                 sandbox=self.sandbox_id, container=container, exec=exec_id) from exc
@@ -206,7 +241,7 @@ class KataAgent(Agent):
         memory = (cgroup.memory_stats or self._pb.MemoryStats()).usage or self._pb.MemoryData()
         pids = cgroup.pids_stats or self._pb.PidsStats()
         return ContainerStats(cpu_usage_ns=cpu.total_usage, memory_usage_bytes=memory.usage,
-                              pids=pids.current, raw=response.to_dict())
+                              pids=pids.current, raw=LazyMapping(response.to_dict))
 
     # -- processes -----------------------------------------------------------------------------
 
@@ -300,9 +335,8 @@ class KataAgent(Agent):
 
     async def guest_details(self, *, timeout: float | None = None) -> Mapping[str, Any]:
         request = self._pb.GuestDetailsRequest(mem_block_size=True, mem_hotplug_probe=True)
-        response = await self._call("GetGuestDetails", request, self._pb.GuestDetailsResponse,
-                                    timeout=timeout)
-        return response.to_dict()
+        return await self._call_as("GetGuestDetails", request, self._pb.GuestDetailsResponse,
+                                   _to_dict, timeout=timeout)
 
     async def copy_file(
         self, path: str, data: bytes, *, mode: int = 0o644, uid: int = 0, gid: int = 0,
@@ -326,19 +360,33 @@ class KataAgent(Agent):
     async def list_interfaces(
         self, *, timeout: float | None = None
     ) -> Sequence[Mapping[str, Any]]:
-        response = await self._call("ListInterfaces", self._pb.ListInterfacesRequest(),
-                                    self._pb.Interfaces, timeout=timeout)
-        return [iface.to_dict() for iface in response.interfaces]
+        return await self._call_as("ListInterfaces", self._pb.ListInterfacesRequest(),
+                                   self._pb.Interfaces, _interfaces, timeout=timeout)
 
     async def list_routes(self, *, timeout: float | None = None) -> Sequence[Mapping[str, Any]]:
-        response = await self._call("ListRoutes", self._pb.ListRoutesRequest(), self._pb.Routes,
-                                    timeout=timeout)
-        return [route.to_dict() for route in response.routes]
+        return await self._call_as("ListRoutes", self._pb.ListRoutesRequest(), self._pb.Routes,
+                                   _routes, timeout=timeout)
 
     async def get_metrics(self, *, timeout: float | None = None) -> str:
         response = await self._call("GetMetrics", self._pb.GetMetricsRequest(), self._pb.Metrics,
                                     timeout=timeout)
         return response.metrics
+
+
+def _to_dict(response: betterproto2.Message) -> Mapping[str, Any]:
+    return response.to_dict()
+
+
+def _interfaces(response: Any) -> Sequence[Mapping[str, Any]]:
+    return [iface.to_dict() for iface in response.interfaces]
+
+
+def _routes(response: Any) -> Sequence[Mapping[str, Any]]:
+    return [route.to_dict() for route in response.routes]
+
+
+def _same(response: R) -> R:
+    return response
 
 
 def _malformed(method: str, cause: BaseException) -> AgentError:

@@ -7,7 +7,7 @@ protocol. OCI structures are plain mappings in the OCI runtime-spec JSON shape (
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -109,6 +109,33 @@ class AgentVersion:
 
     agent_version: str
     api_version: str
+
+
+class LazyMapping(Mapping[str, Any]):
+    """A mapping built on first use: converting a whole agent answer to a dict can cost far
+    more than the figures most callers read (megabytes of per-CPU counters)."""
+
+    def __init__(self, build: Callable[[], Mapping[str, Any]]) -> None:
+        self._build: Callable[[], Mapping[str, Any]] | None = build
+        self._value: Mapping[str, Any] = {}
+
+    def _mapping(self) -> Mapping[str, Any]:
+        if self._build is not None:
+            self._value, self._build = self._build(), None
+        return self._value
+
+    def __getitem__(self, key: str) -> Any:
+        return self._mapping()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._mapping())
+
+    def __len__(self) -> int:
+        return len(self._mapping())
+
+    def __repr__(self) -> str:
+        return "LazyMapping(<not built yet>)" if self._build is not None \
+            else f"LazyMapping({self._value!r})"
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,6 +7,7 @@ the vector's values must be byte-identical to what the Go client sent, and the a
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import Any
@@ -184,6 +185,19 @@ async def test_every_end_of_output_form_is_eof(status: int, message: str) -> Non
     assert await agent.read_stderr("c", "e", 1024) == b""
 
 
+@pytest.mark.parametrize(("status", "message"), [
+    (13, "disk geofence failure"),                       # merely contains "eof"
+    (3, "unmarshal request error: unexpected EOF"),      # the agent could not read our request
+    (13, "EOF"), (2, "read meet eof"),                   # a real text under the wrong code
+    (2, "unexpected EOF while reading pipe"),
+])
+async def test_other_errors_mentioning_eof_are_errors(status: int, message: str) -> None:
+    agent = KataAgent(ScriptedChannel(status, message, b""))
+    with pytest.raises(errors.RpcError) as raised:
+        await agent.read_stdout("c", "e", 1024)
+    assert raised.value.code == status
+
+
 async def test_not_found_on_read_is_not_eof() -> None:
     agent = KataAgent(ScriptedChannel(5, "Process e not found", b""))
     with pytest.raises(errors.NotFound):
@@ -200,3 +214,105 @@ async def test_garbage_answer_is_a_protocol_error() -> None:
     agent = KataAgent(ScriptedChannel(0, "", b"\x08"))
     with pytest.raises(errors.ProtocolError, match="WaitProcess"):
         await agent.wait_process("c", "e")
+
+
+# A field sent with another wire type than its declared one: betterproto2 would hand back a
+# value of the wrong Python type (an int for bytes, a packed list for an int, an int for a
+# message), which must be refused where the answer arrives.
+@pytest.mark.parametrize(("method", "payload", "field"), [
+    ("read_stdout", b"\x08\x05", "ReadStreamResponse.data"),        # bytes as a varint
+    ("wait_process", b"\x0a\x02hi", "WaitProcessResponse.status"),  # int32 length-delimited
+    ("write_stdin", b"\x0a\x01\x05", "WriteStreamResponse.len"),    # uint32 length-delimited
+    ("get_oom_event", b"\x08\x01", "OomEvent.container_id"),        # string as a varint
+    ("check", b"\x0a\x00", "HealthCheckResponse.status"),           # enum length-delimited
+    ("stats_container", b"\x0a\x02\x08\x01", "cpu_stats"),          # nested message as varint
+    ("list_routes", b"\x0a\x00\x08\x01", "routes[1]"),              # repeated: 2nd bad
+    ("guest_details", b"\x08\x01", "GuestDetailsResponse.mem_block_size_bytes"),  # ok: int
+])
+async def test_wrong_wire_type_is_a_protocol_error(method: str, payload: bytes,
+                                                   field: str) -> None:
+    agent = KataAgent(ScriptedChannel(0, "", payload))
+    call = getattr(agent, method)
+    args: tuple[Any, ...] = {
+        "read_stdout": ("c", "e", 1024), "wait_process": ("c", "e"),
+        "write_stdin": ("c", "e", b"x"), "stats_container": ("c",),
+    }.get(method, ())
+    if method == "guest_details":
+        await call(*args)  # the right wire type still parses
+        return
+    with pytest.raises(errors.ProtocolError, match="malformed") as caught:
+        await call(*args)
+    assert field in str(caught.value)
+
+
+async def test_huge_agent_error_text_is_truncated() -> None:
+    text = "guest says: " + "x" * (4 << 20)
+    agent = KataAgent(ScriptedChannel(13, text, b""), sandbox_id="sb")
+    with pytest.raises(errors.Internal) as raised:
+        await agent.wait_process("c", "e")
+    shown = str(raised.value)
+    assert len(shown) < 2 * errors.MAX_MESSAGE_TEXT
+    assert "guest says: xxx" in shown and f"[{len(text) - errors.MAX_MESSAGE_TEXT} more" in shown
+    assert "WaitProcess (sandbox=sb container=c exec=e)" in shown  # context is kept whole
+
+
+async def test_stats_converts_the_whole_answer_only_when_raw_is_read(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from agentio.proto.kata import grpc as pb
+    answer = pb.StatsContainerResponse(cgroup_stats=pb.CgroupStats(
+        cpu_stats=pb.CpuStats(cpu_usage=pb.CpuUsage(total_usage=7, percpu_usage=[3, 4]))))
+    conversions: list[object] = []
+    to_dict = pb.StatsContainerResponse.to_dict
+
+    def counting(self: Any, *args: Any, **kwargs: Any) -> Any:
+        conversions.append(self)
+        return to_dict(self, *args, **kwargs)
+
+    monkeypatch.setattr(pb.StatsContainerResponse, "to_dict", counting)
+    stats = await KataAgent(ScriptedChannel(0, "", bytes(answer))).stats_container("c")
+    assert stats.cpu_usage_ns == 7 and not conversions  # megabytes of per-CPU figures wait
+    assert stats.raw["cgroupStats"]["cpuStats"]["cpuUsage"]["percpuUsage"] == ["3", "4"]
+    assert len(conversions) == 1
+
+
+@pytest.mark.parametrize(("size", "off_loop"), [(100, False), (300_000, True)])
+async def test_large_answers_are_decoded_off_the_loop(
+        monkeypatch: pytest.MonkeyPatch, size: int, off_loop: bool) -> None:
+    import threading
+
+    from agentio.agents import kata
+    from agentio.proto.kata import grpc as pb
+    threads: list[int] = []
+    check = kata.check_message
+
+    def recording(message: Any) -> None:
+        threads.append(threading.get_ident())
+        check(message)
+
+    monkeypatch.setattr(kata, "check_message", recording)
+    payload = bytes(pb.Metrics(metrics="m" * size))
+    assert (len(payload) > kata.OFF_LOOP_DECODE) is off_loop
+    assert await KataAgent(ScriptedChannel(0, "", payload)).get_metrics() == "m" * size
+    assert (threads != [threading.get_ident()]) is off_loop
+
+
+async def test_decoding_a_large_answer_is_bounded_by_the_call_deadline(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    from agentio.agents import kata
+    from agentio.proto.kata import grpc as pb
+    release = threading.Event()
+
+    def slow(message: Any) -> None:  # an answer that takes minutes to decode
+        release.wait(10)
+
+    monkeypatch.setattr(kata, "check_message", slow)
+    payload = bytes(pb.Metrics(metrics="m" * (kata.OFF_LOOP_DECODE + 1)))
+    agent = KataAgent(ScriptedChannel(0, "", payload))
+    try:
+        async with asyncio.timeout(5):
+            with pytest.raises(errors.AgentTimeout, match=r"GetMetrics.*deadline"):
+                await agent.get_metrics(timeout=0.2)
+    finally:
+        release.set()

@@ -58,8 +58,10 @@ async def connect() -> AsyncIterator[Connect]:
     made: list[tuple[TtrpcServer, Client]] = []
 
     async def make(wire_style: WireStyle = "go", max_payload: int = 4 << 20,
+                   max_in_flight: int = 10_000,
                    **methods: Handler) -> tuple[TtrpcServer, Client]:
-        server = TtrpcServer(wire_style=wire_style, max_payload=max_payload)
+        server = TtrpcServer(wire_style=wire_style, max_payload=max_payload,
+                             max_in_flight=max_in_flight)
         server.register("svc", {"Echo": _echo, **methods})
         ours, theirs = socket.socketpair()
         await server.serve_socket(theirs)
@@ -220,6 +222,34 @@ async def test_handlers_cancelled_when_connection_closes(connect: Connect) -> No
     client.writer.close()
     await asyncio.wait_for(cancelled.wait(), BOUND)
     assert not server._connections  # forgotten in the same callback that cancelled it
+
+
+async def test_requests_in_flight_are_capped_per_connection(connect: Connect) -> None:
+    running, cancelled = asyncio.Queue[None](), asyncio.Queue[None]()
+
+    async def long_poll(call: ServerCall) -> bytes:
+        running.put_nowait(None)
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.put_nowait(None)
+            raise
+        return b""
+
+    server, client = await connect(max_in_flight=3, Poll=long_poll)
+    assert server.max_in_flight == 3
+    for stream_id in (1, 3, 5, 7, 9):
+        client.send(stream_id, "svc", "Poll")
+    refused = [await client.receive() for _ in range(2)]
+    assert [(sid, r.code) for sid, _, r in refused] == [(7, 8), (9, 8)]  # RESOURCE_EXHAUSTED
+    assert "at most 3" in refused[0][2].message
+    async with asyncio.timeout(BOUND):
+        for _ in range(3):
+            await running.get()
+        client.writer.close()  # the three running handlers are cancelled with the connection
+        for _ in range(3):
+            await cancelled.get()
+    assert running.empty()
 
 
 # --- backpressure -------------------------------------------------------------------------

@@ -7,7 +7,10 @@ vectors): ``wire_style="go"`` words errors like containerd/ttrpc and sends no st
 success; ``wire_style="rust"`` words them like ttrpc-rust (the Kata agent) and sends an
 explicit empty OK status. A request's ``timeout_nano`` cancels its handler when it runs out,
 answered DEADLINE_EXCEEDED "timeout", as the Kata agent does. A connection that stops reading
-its answers stops being read from (no unbounded buffering of answers).
+its answers stops being read from (no unbounded buffering of answers), and at most
+``max_in_flight`` requests run per connection: beyond that a request is answered
+RESOURCE_EXHAUSTED at once (long polls that never return would otherwise pile up a task each).
+Closing a connection cancels every handler still running for it.
 """
 
 from __future__ import annotations
@@ -44,6 +47,10 @@ _RESOURCE_EXHAUSTED: Final = 8
 _UNIMPLEMENTED: Final = 12
 _INTERNAL: Final = 13
 
+DEFAULT_MAX_IN_FLIGHT: Final = 10_000
+"""Requests run at once per connection: what our own client may have pending
+(``Limits.max_pending_calls``), so it is never refused by our own server."""
+
 
 @dataclass(frozen=True, slots=True)
 class ServerCall:
@@ -63,11 +70,15 @@ Handler = Callable[[ServerCall], Awaitable[bytes]]
 class TtrpcServer:
     """A ttrpc server: register services, then serve a unix socket or given transports."""
 
-    def __init__(self, *, max_payload: int = MAX_PAYLOAD, wire_style: WireStyle = "go") -> None:
+    def __init__(self, *, max_payload: int = MAX_PAYLOAD, wire_style: WireStyle = "go",
+                 max_in_flight: int = DEFAULT_MAX_IN_FLIGHT) -> None:
         if wire_style not in ("go", "rust"):
             raise ConfigError(f"unknown ttrpc wire style {wire_style!r}")
+        if max_in_flight <= 0:
+            raise ConfigError("max_in_flight must be positive")
         FrameDecoder(max_payload)  # validates the limit
         self.max_payload = max_payload
+        self.max_in_flight = max_in_flight
         self.wire_style: WireStyle = wire_style
         self._services: dict[str, dict[str, Handler]] = {}
         self._connections: set[_ServerConnection] = set()
@@ -153,6 +164,7 @@ class _ServerConnection(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._loop = asyncio.get_running_loop()
+        self._lost = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # duck-typed: uvloop's and our own (yamux) transports do not subclass asyncio's
@@ -160,6 +172,8 @@ class _ServerConnection(asyncio.Protocol):
         self._server._connections.add(self)
 
     def data_received(self, data: bytes) -> None:
+        if self._lost:
+            return
         for event in self._decoder.feed(data):
             if isinstance(event, OversizedFrame):
                 # the decoder discards the payload; answer on that stream and carry on
@@ -190,6 +204,11 @@ class _ServerConnection(asyncio.Protocol):
         handler = self._server.lookup(request.service, request.method)
         if isinstance(handler, RpcError):
             self._send_error(stream_id, handler.code, handler.message)
+            return
+        if len(self._tasks) >= self._server.max_in_flight:
+            self._send_error(stream_id, _RESOURCE_EXHAUSTED, (
+                f"{len(self._tasks)} requests in flight on this connection, "
+                f"at most {self._server.max_in_flight}"))
             return
         call = ServerCall(request.service, request.method, request.payload,
                           request.metadata, request.timeout_nano, stream_id)
@@ -257,12 +276,14 @@ class _ServerConnection(asyncio.Protocol):
             self._transport.resume_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._lost = True  # no handler starts after this (a late data_received is dropped)
         self._server._forget(self)
         for task in self._tasks:
             task.cancel()  # nobody is left to read the answers
 
     def abort(self) -> list[asyncio.Task[None]]:
         """Drop the connection now; return its handler tasks (cancelled) for awaiting."""
+        self._lost = True
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
