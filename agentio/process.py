@@ -37,7 +37,22 @@ _Reader = Callable[..., Awaitable[bytes]]
 
 
 class Process:
-    """A process started in a container (or a container's init process)."""
+    """A process started in a container (or a container's init process).
+
+    Made by :meth:`Container.exec` and :meth:`Container.start`, not directly.
+
+    Attributes:
+        stdout: its output, an :class:`~agentio.streams.OutputStream` (``read``, ``readline``,
+            ``readexactly``, ``async for``); a terminal's whole output when ``terminal``.
+        stderr: its error output, or ``None`` for a terminal process (one stream).
+        stdin: an :class:`~agentio.streams.InputStream` (``write``, ``await drain()``,
+            ``close()``).
+        returncode: the exit status once :meth:`wait` returned (128+N after signal N), else
+            ``None``.
+        container_id, exec_id: the process's names in the guest (the agent knows no host pid,
+            and the guest's pid is not part of the agent API).
+        terminal: whether it runs on a pseudo-terminal.
+    """
 
     def __init__(
         self, agent: Agent, container_id: str, exec_id: str, *, terminal: bool, limits: Limits

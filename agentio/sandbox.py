@@ -137,11 +137,13 @@ class Sandbox:
     ) -> None:
         try:
             await self.destroy()
-        except AgentError:
+        except AgentError as cleanup_error:
             if exc is None:
                 raise
-            log.warning("destroying sandbox %s after an error failed too", self.id,
-                        exc_info=True)
+            # the caller gets the first error; this one is usually its echo (a dead agent)
+            log.warning("destroying sandbox %s after an error failed too: %s", self.id,
+                        cleanup_error)
+            log.debug("destroy failure of sandbox %s", self.id, exc_info=True)
 
     # -- containers --------------------------------------------------------------------------
 
@@ -156,7 +158,13 @@ class Sandbox:
         terminal: bool = False,
         timeout: float | None = None,
     ) -> Container:
-        """Create a container running ``args`` (or the OCI ``spec`` given); not started yet."""
+        """Create a container running ``args`` (or the OCI ``spec`` given); not started yet.
+
+        ``container_id`` comes first (None: a generated one); pass the command as ``args=``.
+        """
+        if container_id is not None and not isinstance(container_id, str):
+            raise TypeError(f"container_id must be a string or None, not "
+                            f"{type(container_id).__name__} (pass the command as args=...)")
         container_id = container_id or _new_id("ctr")
         if spec is None:
             process = ProcessSpec(args=list(args), env=list(env), cwd=cwd, terminal=terminal)

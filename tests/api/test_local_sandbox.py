@@ -278,3 +278,10 @@ async def test_killed_agent_fails_pending_waits_promptly(local_agent: LocalAgent
         with pytest.raises(errors.AgentConnectionError):
             await sandbox.destroy()
         await local.close()
+
+
+async def test_a_command_given_as_the_container_id_is_a_type_error(target: Target) -> None:
+    async with await _sandbox(target) as sandbox:
+        with pytest.raises(TypeError, match="args="):
+            await sandbox.create_container(["sh", "-c", "echo hi"])  # type: ignore[arg-type]
+        assert sandbox.containers == {}
