@@ -15,7 +15,7 @@ import logging
 import os
 from collections.abc import Mapping, Sequence
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .agents import AgentType, open_agent
 from .agents.base import Agent
@@ -33,6 +33,9 @@ from .errors import AgentError
 from .limits import DEFAULT_LIMITS, Limits
 from .process import Process, close_all
 from .teardown import shielded_teardown
+
+if TYPE_CHECKING:
+    from .monitor import HealthMonitor
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +58,8 @@ class Sandbox:
         self.spec = spec
         self.limits = limits
         self.containers: dict[str, Container] = {}
+        self.monitor: HealthMonitor | None = None
+        """The health monitor started for ``health_check_interval`` in the agent's config."""
         self._started = False
         self._destroyed = False
 
@@ -95,6 +100,11 @@ class Sandbox:
         except BaseException:
             await agent.disconnect()
             raise
+        if agent.health_check_interval is not None:
+            from .monitor import HealthMonitor  # the monitor is built on Sandbox
+
+            sandbox.monitor = HealthMonitor(sandbox, interval=agent.health_check_interval)
+            sandbox.monitor.start()
         return sandbox
 
     async def start(self, *, timeout: float | None = None) -> None:
@@ -115,6 +125,8 @@ class Sandbox:
         self._destroyed = True
         async with shielded_teardown(self.limits.teardown_timeout, "destroy_sandbox",
                                      sandbox=self.id):
+            if self.monitor is not None:
+                await self.monitor.stop()
             try:
                 if self._started and self.agent.failure is None:
                     await self.agent.stop_sandbox(self.id, timeout=timeout)

@@ -84,8 +84,10 @@ def open_agent(
 
         channel = TtrpcClient(connector, max_payload=limits.max_message,
                               max_pending=limits.max_pending_calls)
-        return KataAgent(channel, sandbox_id=sandbox_id, call_timeout=settings.call_timeout,
-                         limits=limits)
+        agent: Agent = KataAgent(channel, sandbox_id=sandbox_id,
+                                 call_timeout=settings.call_timeout, limits=limits)
+        agent.health_check_interval = settings.health_check_interval
+        return agent
     if kind is AgentType.HYPERSTART:
         return _open_hyperstart(target, sandbox_id, config, limits)
     raise ConfigError(f"the {kind} agent is not available in this version")
@@ -100,7 +102,7 @@ def _open_kata1(target: Address, sandbox_id: str, config: Mapping[str, Any] | No
                 limits: Limits) -> Agent:
     """Kata 1.x: gRPC (HTTP/2), straight on the connection or on a yamux stream."""
     settings = decode_config(Kata1Config, config, what=str(AgentType.KATA1))
-    policy = settings.dial_policy()
+    policy = settings.dial_policy(limits)
 
     def dial(factory: Any) -> Any:
         return connect(target, factory, policy)
@@ -112,8 +114,10 @@ def _open_kata1(target: Address, sandbox_id: str, config: Mapping[str, Any] | No
     else:
         grpc = GrpcClient(dial, max_message=limits.max_message,
                           max_pending=limits.max_pending_calls)
-    return Kata1Agent(grpc, sandbox_id=sandbox_id, call_timeout=settings.call_timeout,
-                      limits=limits)
+    agent = Kata1Agent(grpc, sandbox_id=sandbox_id, call_timeout=settings.call_timeout,
+                       limits=limits)
+    agent.health_check_interval = settings.health_check_interval
+    return agent
 
 
 def _open_hyperstart(target: Address, sandbox_id: str, config: Mapping[str, Any] | None,

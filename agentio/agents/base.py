@@ -48,6 +48,9 @@ class Agent(abc.ABC):
         """Set by :meth:`mark_failed`: why every operation now fails."""
         self.telemetry: Telemetry | None = None
         """Set it to trace and measure every operation (off by default)."""
+        self.health_check_interval: float | None = None
+        """From the agent's config: :meth:`agentio.Sandbox.create` monitors the sandbox at
+        this interval (seconds) when set."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

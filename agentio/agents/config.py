@@ -29,12 +29,16 @@ class KataConfig:
         dial_timeout: total time to reach the agent, retries included, seconds.
         dial_attempt_timeout: bound on one connection attempt, seconds.
         handshake_timeout: bound on the hybrid-vsock ``OK`` reply, seconds.
+        health_check_interval: seconds between health checks of a sandbox made by
+            :meth:`agentio.Sandbox.create` (a :class:`~agentio.monitor.HealthMonitor` that
+            marks the sandbox failed when its agent is gone); ``None`` (default): no checks.
     """
 
     call_timeout: float = 60.0
     dial_timeout: float = 30.0
     dial_attempt_timeout: float = 5.0
     handshake_timeout: float = 5.0
+    health_check_interval: float | None = None
 
     def __post_init__(self) -> None:
         for name in ("call_timeout", "dial_timeout", "dial_attempt_timeout",
@@ -42,6 +46,10 @@ class KataConfig:
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 raise ConfigError(f"kata config: {name} must be a positive number")
+        interval = self.health_check_interval
+        if interval is not None and not (math.isfinite(interval) and interval > 0):
+            raise ConfigError("kata config: health_check_interval must be a positive number "
+                              "or null")
 
     def dial_policy(self, limits: Limits = DEFAULT_LIMITS) -> DialPolicy:
         """The transport's dial policy for these settings (and the handshake line limit)."""

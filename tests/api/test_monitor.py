@@ -34,6 +34,35 @@ async def agent_child(sock_dir: Path) -> AsyncIterator[tuple[asyncio.subprocess.
         await child.wait()
 
 
+async def test_health_check_interval_in_the_config_monitors_the_sandbox(
+        agent_child: tuple[asyncio.subprocess.Process, str]) -> None:
+    child, address = agent_child
+    sandbox = await agentio.Sandbox.create(address,
+                                           config={"health_check_interval": INTERVAL})
+    try:
+        monitor = sandbox.monitor
+        assert monitor is not None and monitor.interval == INTERVAL
+        changes = monitor.changes()
+        child.send_signal(signal.SIGKILL)
+        async with asyncio.timeout(10):
+            change = await anext(changes)
+        assert change.state is HealthState.DEAD
+        with pytest.raises(SandboxFailed):
+            await sandbox.check()
+    finally:
+        await sandbox.destroy()
+    assert monitor._task is None  # destroy stopped it
+
+
+async def test_no_monitor_unless_configured(
+        agent_child: tuple[asyncio.subprocess.Process, str]) -> None:
+    _, address = agent_child
+    async with await agentio.Sandbox.create(address) as sandbox:
+        assert sandbox.monitor is None
+    with pytest.raises(ConfigError, match="health_check_interval"):
+        await agentio.Sandbox.create(address, config={"health_check_interval": 0})
+
+
 async def test_a_killed_agent_is_seen_dead_within_two_intervals(
         agent_child: tuple[asyncio.subprocess.Process, str]) -> None:
     child, address = agent_child
