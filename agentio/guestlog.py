@@ -19,9 +19,9 @@ import json
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from types import TracebackType
 
 from .errors import AgentConnectionError
+from .lifecycle import Serving
 from .transports import Address, DialPolicy, connect, parse_address
 
 log = logging.getLogger(__name__)
@@ -164,7 +164,7 @@ class _LogProtocol(asyncio.Protocol):
             self._closed.set_result(None)
 
 
-class GuestLog:
+class GuestLog(Serving):
     """Follows one sandbox's guest log and logs each line under ``agentio.guest.<id>``.
 
     Args:
@@ -237,16 +237,6 @@ class GuestLog:
             self._transport.close()
         if self._closed is not None:
             await asyncio.shield(self._closed)
-
-    async def __aenter__(self) -> GuestLog:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
 
 __all__ = ["KATA_LOG_PORT", "TRACE", "GuestLog", "GuestLogRecord", "LogLineParser",

@@ -23,10 +23,10 @@ import contextlib
 import logging
 import signal as signals
 from collections.abc import Awaitable, Callable
-from types import TracebackType
 
 from .agents.base import Agent
 from .errors import AgentError, OutputIncomplete, ProtocolError
+from .lifecycle import Closing
 from .limits import Limits
 from .streams import InputStream, OutputStream
 from .teardown import shielded_teardown
@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 _Reader = Callable[..., Awaitable[bytes]]
 
 
-class Process:
+class Process(Closing):
     """A process started in a container (or a container's init process).
 
     Made by :meth:`Container.exec` and :meth:`Container.start`, not directly.
@@ -282,15 +282,6 @@ class Process:
                                           operation="wait", container=self.container_id,
                                           exec=self.exec_id)
             self._exited.set()
-
-    async def __aenter__(self) -> Process:
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
 
 async def close_all(processes: list[Process], *, kill: bool) -> None:

@@ -31,10 +31,10 @@ import signal as signal_mod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 from ..errors import AgentError, ProtocolError
+from ..lifecycle import Closing
 from ..protocols.hyperstart.codec import (
     MAX_STDIN_CHUNK,
     MAX_TTY_FRAME_OUT,
@@ -505,7 +505,7 @@ class _Guest:
                 await self.tty.drain()
 
 
-class LocalHyperstart:
+class LocalHyperstart(Closing):
     """Serves local hyperstart guests, each on a ctl and a tty unix socket.
 
     Args:
@@ -555,9 +555,3 @@ class LocalHyperstart:
         if self._created:
             shutil.rmtree(self.directory, ignore_errors=True)
 
-    async def __aenter__(self) -> LocalHyperstart:
-        return self
-
-    async def __aexit__(self, exc_type: type[BaseException] | None,
-                        exc: BaseException | None, tb: TracebackType | None) -> None:
-        await self.close()

@@ -16,8 +16,9 @@ import json
 import logging
 import os
 from pathlib import Path
-from types import TracebackType
 from typing import Any
+
+from ..lifecycle import Serving
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +28,7 @@ MAX_QUEUED = 1 << 20
 """Bytes queued for one slow reader before it is dropped (a guest never blocks on its log)."""
 
 
-class LocalLogPort:
+class LocalLogPort(Serving):
     """Serves log lines to every reader connected to a unix socket."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
@@ -92,16 +93,6 @@ class LocalLogPort:
             self._server.close()
             await self._server.wait_closed()
             self._server = None
-
-    async def __aenter__(self) -> LocalLogPort:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
 
 def _line(level: int, message: str, **fields: Any) -> bytes:

@@ -15,10 +15,10 @@ import shutil
 import stat
 import tempfile
 from pathlib import Path
-from types import TracebackType
 from typing import Literal
 
 from ..errors import ConfigError
+from ..lifecycle import Closing
 from ..protocols.grpc.server import GrpcServer
 from ..protocols.ttrpc import TtrpcServer
 from ..protocols.ttrpc.server import WireStyle
@@ -46,7 +46,7 @@ def private_directory(path: str | os.PathLike[str] | None = None) -> tuple[Path,
     return directory, created
 
 
-class LocalAgent:
+class LocalAgent(Closing):
     """Serves the Kata agent API from host processes on one or more unix sockets.
 
     Args:
@@ -143,11 +143,3 @@ class LocalAgent:
         if self._owns_directory:
             shutil.rmtree(self.directory, ignore_errors=True)
 
-    async def __aenter__(self) -> LocalAgent:
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()

@@ -37,10 +37,10 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 from typing import Final, Literal
 
 from agentio.errors import ConfigError, ProtocolError, RpcError
+from agentio.lifecycle import Serving
 from agentio.protocols.ttrpc.codec import (
     HEADER_SIZE,
     MAX_PAYLOAD,
@@ -316,7 +316,7 @@ class _FaultState:
 # --- the proxy ------------------------------------------------------------------------------
 
 
-class FaultProxy:
+class FaultProxy(Serving):
     """A unix-socket proxy in front of an agent that injects faults into what passes.
 
     Args:
@@ -418,16 +418,6 @@ class FaultProxy:
             self._server.close()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)
-
-    async def __aenter__(self) -> FaultProxy:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
     # --- control --------------------------------------------------------------------------
 
@@ -866,7 +856,7 @@ async def hang(call: PeerCall) -> bytes | None:
 
 
 @dataclass
-class ScriptedTtrpcPeer:
+class ScriptedTtrpcPeer(Serving):
     """A ttrpc server whose answers are written by hand, on a unix socket in ``sock_dir``.
 
     Register handlers by bare method name with :meth:`on` (any service); unregistered methods
@@ -945,16 +935,6 @@ class ScriptedTtrpcPeer:
         if self._server is not None:
             await self._server.wait_closed()
             self._server = None
-
-    async def __aenter__(self) -> ScriptedTtrpcPeer:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
     def _spawn(self, call: PeerCall) -> None:
         task: asyncio.Task[None] = asyncio.ensure_future(self._answer(call))

@@ -30,7 +30,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from types import TracebackType
 from typing import Any, Final, cast
 
 import h2.exceptions
@@ -53,6 +52,8 @@ from agentio.errors import (
     ResourceExhausted,
     rpc_error,
 )
+
+from ...lifecycle import Closing
 
 logger = logging.getLogger(__name__)
 
@@ -190,7 +191,7 @@ class _ConnectorChannel(Channel):
                 logger.warning("transport did not report the connection closed in time")
 
 
-class GrpcClient:
+class GrpcClient(Closing):
     """Unary gRPC calls with raw protobuf payloads over a lazily opened connection.
 
     ``connector(protocol_factory)`` opens the byte stream (for example
@@ -320,17 +321,6 @@ class GrpcClient:
         on_close, self._on_close = self._on_close, None
         if on_close is not None:
             await on_close()
-
-    async def __aenter__(self) -> GrpcClient:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
 
 def _connection_error(exc: BaseException, method: str) -> AgentError:

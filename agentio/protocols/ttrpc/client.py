@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from types import TracebackType
 from typing import Final, cast
 
 from agentio.errors import (
@@ -32,6 +31,7 @@ from agentio.errors import (
     rpc_error,
 )
 
+from ...lifecycle import Closing
 from .codec import (
     MAX_PAYLOAD,
     MAX_STREAM_ID,
@@ -311,7 +311,7 @@ def _expire(future: asyncio.Future[Response], method: str, timeout: float | None
         future.set_exception(DeadlineExceeded(f"no answer within {timeout}s", operation=method))
 
 
-class TtrpcClient:
+class TtrpcClient(Closing):
     """Calls to one agent endpoint over a lazily dialled :class:`TtrpcConnection`.
 
     ``connector(protocol_factory)`` opens the transport (for example
@@ -428,17 +428,6 @@ class TtrpcClient:
         if conn is not None:
             conn.close()
             await conn.wait_closed()
-
-    async def __aenter__(self) -> TtrpcClient:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
 
 def _retrieve(task: asyncio.Task[TtrpcConnection]) -> None:
