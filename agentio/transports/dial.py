@@ -203,7 +203,7 @@ async def _connect(loop: asyncio.AbstractEventLoop, sock: socket.socket, address
         target = address.unix_sockaddr()
     err = sock.connect_ex(target)
     if err == errno.EINPROGRESS:
-        await _wait_writable(loop, sock)
+        await _wait_ready(loop, sock, write=True)
         err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
     if err not in (0, errno.EISCONN):
         raise OSError(err, os.strerror(err), str(address))
@@ -217,14 +217,42 @@ def _is_connected(sock: socket.socket) -> bool:
     return True
 
 
-async def _wait_writable(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> None:
+async def _wait_ready(loop: asyncio.AbstractEventLoop, sock: socket.socket, *,
+                      write: bool) -> None:
+    # The watch is removed before we return, even when cancelled: the socket may be closed
+    # right after, and its fd number reused by the next attempt. (uvloop's sock_recv and
+    # sock_sendall drop their watch a loop turn later, in a done-callback: a closed and
+    # reused fd then fails the next attempt with EBADF.)
     ready: asyncio.Future[None] = loop.create_future()
     fd = sock.fileno()
-    loop.add_writer(fd, _set_done, ready)
+    if write:
+        loop.add_writer(fd, _set_done, ready)
+    else:
+        loop.add_reader(fd, _set_done, ready)
     try:
         await ready
     finally:
-        loop.remove_writer(fd)
+        if write:
+            loop.remove_writer(fd)
+        else:
+            loop.remove_reader(fd)
+
+
+async def _send_all(loop: asyncio.AbstractEventLoop, sock: socket.socket, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        try:
+            view = view[sock.send(view):]
+        except (BlockingIOError, InterruptedError):
+            await _wait_ready(loop, sock, write=True)
+
+
+async def _receive(loop: asyncio.AbstractEventLoop, sock: socket.socket, size: int) -> bytes:
+    while True:
+        try:
+            return sock.recv(size)
+        except (BlockingIOError, InterruptedError):
+            await _wait_ready(loop, sock, write=False)
 
 
 def _set_done(future: asyncio.Future[None]) -> None:
@@ -243,11 +271,11 @@ async def _handshake(
     handshake = HybridVsockHandshake(address.port, max_line=policy.handshake_max_line)
     timeout = min(policy.handshake_timeout, deadline - loop.time())
     async with _bounded(timeout, f"reply to CONNECT {address.port} from {address}"):
-        await loop.sock_sendall(sock, handshake.request())
+        await _send_all(loop, sock, handshake.request())
         host_port = None
         while host_port is None:
             # Never read more than one line's worth: memory stays bounded whatever the VMM does.
-            host_port = handshake.receive(await loop.sock_recv(sock, handshake.max_line))
+            host_port = handshake.receive(await _receive(loop, sock, handshake.max_line))
     return host_port, handshake.leftover
 
 
