@@ -37,9 +37,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--agent", choices=("kata", "kata1", "hyperstart"), default="kata",
                         help="serve the Kata agent API (ttrpc), the Kata 1.x API (gRPC), or "
                              "hyperstart (two sockets per guest, printed as 'CTL TTY')")
-    parser.add_argument("--yamux", action="store_true",
+    parser.add_argument("--yamux", action=argparse.BooleanOptionalAction, default=None,
                         help="with --agent kata1: a yamux session on each connection, HTTP/2 "
-                             "on every stream (as on a 1.x VM's serial port)")
+                             "on every stream (as on a 1.x VM's serial port; the default, "
+                             "matching the client's default for unix:// addresses); "
+                             "--no-yamux serves bare HTTP/2")
     parser.add_argument("--log-port", action="store_true",
                         help="serve the agents' log as JSON lines on a unix socket, like a "
                              "Kata guest's log port (printed last, as 'log ADDRESS')")
@@ -96,9 +98,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.socket:
         args.socket = Path(args.socket).absolute()
-    if args.yamux and args.agent != "kata1":
-        print("--yamux needs --agent kata1", file=sys.stderr)
+    if args.yamux is not None and args.agent != "kata1":
+        print("--yamux/--no-yamux needs --agent kata1", file=sys.stderr)
         return 2
+    args.yamux = args.agent == "kata1" and args.yamux is not False
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING)
     if not args.verbose:  # --log-port lowers our loggers' level: keep stderr as quiet
         for handler in logging.getLogger().handlers:

@@ -45,3 +45,23 @@ async def test_refuses_a_directory_others_can_enter(tmp_path: Path) -> None:
     assert child.returncode == 2
     assert b"mode 0700" in err and b"Traceback" not in err
     assert not (directory / "agent.sock").exists()
+
+
+async def test_kata1_is_served_behind_yamux_as_the_client_expects(tmp_path: Path) -> None:
+    child = await _run("--agent", "kata1", "--dir", str(tmp_path / "agents"))
+    try:
+        assert child.stdout is not None
+        async with asyncio.timeout(30):
+            address = (await child.stdout.readline()).decode().strip()
+            # the client's default for unix:// is yamux: no setting needed
+            async with await agentio.Sandbox.create(address, agent_type="kata1") as sandbox:
+                await sandbox.check()
+    finally:
+        child.terminate()
+        await child.wait()
+
+
+async def test_yamux_flags_need_kata1(tmp_path: Path) -> None:
+    child = await _run("--no-yamux", "--dir", str(tmp_path / "agents"))
+    _, err = await child.communicate()
+    assert child.returncode == 2 and b"needs --agent kata1" in err
