@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..agents.specs import ProcessSpec, is_terminal
-from ..errors import AgentError
+from ..errors import AgentError, OutputIncomplete
 from ..process import Process
 from ..sandbox import Container, Sandbox
 from ..streams import OutputStream
@@ -129,7 +129,13 @@ class _Wiring:
         installed = self._install_signals()
         try:
             status = await proc.wait()
-            await asyncio.gather(*outputs)
+            for result in await asyncio.gather(*outputs, return_exceptions=True):
+                if isinstance(result, OutputIncomplete):
+                    # e.g. a background child kept stdout open past the drain window: the
+                    # status is known, so report it, and say what was cut short
+                    log.warning("%s", result)
+                elif isinstance(result, BaseException):
+                    raise result
             return status
         finally:
             for sig in installed:

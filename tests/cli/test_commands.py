@@ -173,6 +173,15 @@ def test_exec_streams_output_and_exits_with_the_process_status(address: str,
     assert (done.returncode, done.stdout) == (0, "from-toml in /tmp\n")
 
 
+def test_exec_reports_the_status_when_a_background_child_holds_stdout(address: str) -> None:
+    start_container(address)
+    # sleep keeps stdout open after sh exits: the output drain is cut, the status stays known
+    done = run(address, "exec", "c1", "--", "sh", "-c", "sleep 30 & echo started; exit 3")
+    assert done.returncode == 3, done.stderr
+    assert done.stdout == "started\n"
+    assert "stdout was not read to its end" in done.stderr
+
+
 def test_exec_forwards_ctrl_c_as_a_signal(address: str) -> None:
     start_container(address)
     child = subprocess.Popen(

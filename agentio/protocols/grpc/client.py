@@ -264,7 +264,7 @@ class GrpcClient(Closing):
             raise ResourceExhausted(f"{self._pending} calls already pending on this connection",
                                     operation=method)
         if timeout is not None and timeout <= 0:
-            raise DeadlineExceeded(f"no answer within {timeout}s", operation=method)
+            raise DeadlineExceeded(f"no answer within {timeout:.3g}s", operation=method)
         self._pending += 1
         try:
             async with asyncio.timeout(timeout):
@@ -277,7 +277,7 @@ class GrpcClient(Closing):
             raise rpc_error(int(exc.status.value), exc.message or "",
                             operation=method) from None
         except TimeoutError:
-            raise DeadlineExceeded(f"no answer within {timeout}s", operation=method) from None
+            raise DeadlineExceeded(f"no answer within {timeout:.3g}s", operation=method) from None
         except (StreamTerminatedError, OSError, h2.exceptions.H2Error) as exc:
             raise _connection_error(exc, method) from exc
         except GrpclibProtocolError as exc:

@@ -235,7 +235,7 @@ class TtrpcConnection(asyncio.Protocol):
         if deadline is not None:
             remaining = deadline - loop.time()
             if remaining <= 0:
-                raise DeadlineExceeded(f"no answer within {timeout}s", operation=method)
+                raise DeadlineExceeded(f"no answer within {timeout:.3g}s", operation=method)
             if send_timeout:
                 timeout_nano = max(1, int(remaining * 1e9))
         body = encode_request(service, method, payload, timeout_nano, metadata)
@@ -308,7 +308,7 @@ class TtrpcConnection(asyncio.Protocol):
 
 def _expire(future: asyncio.Future[Response], method: str, timeout: float | None) -> None:
     if not future.done():
-        future.set_exception(DeadlineExceeded(f"no answer within {timeout}s", operation=method))
+        future.set_exception(DeadlineExceeded(f"no answer within {timeout:.3g}s", operation=method))
 
 
 class TtrpcClient(Closing):
