@@ -341,3 +341,32 @@ def test_limits_are_validated_and_no_loop_is_needed_to_build() -> None:
         GrpcClient(never, max_message=0)
     with pytest.raises(errors.ConfigError):
         GrpcClient(never, max_pending=0)
+
+
+async def test_a_peer_that_is_not_http2_fails_the_call_at_once_without_a_traceback(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # e.g. a ttrpc agent reached with the kata1 type: grpclib's event handler raised in
+    # data_received, and the loop printed a "Fatal error" traceback before closing
+    peers: list[socket.socket] = []
+
+    async def ttrpc_peer(factory: Callable[[], asyncio.Protocol]) -> Any:
+        ours, theirs = socket.socketpair()
+        peers.append(theirs)
+        # bytes h2 parses but grpclib cannot handle: an empty SETTINGS, then a frame of an
+        # unknown type (0x20), as a ttrpc header can look to an HTTP/2 parser
+        theirs.sendall(b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+                       b"\x00\x00\x02\x20\x00\x00\x00\x00\x01ok")
+        loop = asyncio.get_running_loop()
+        return await loop.create_unix_connection(factory, sock=ours)
+
+    loop = asyncio.get_running_loop()
+    async with GrpcClient(ttrpc_peer) as grpc_client:
+        started = loop.time()
+        with pytest.raises(errors.AgentConnectionError):
+            await grpc_client.call(HEALTH, "Check", b"", timeout=30)
+        assert loop.time() - started < 5
+    for peer in peers:
+        peer.close()
+    assert not [r for r in caplog.records if r.name == "asyncio"]
+    assert any("not an HTTP/2 peer" in r.getMessage() for r in caplog.records)

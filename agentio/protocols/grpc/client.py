@@ -92,7 +92,26 @@ class _TrackedH2Protocol(H2Protocol):
                  **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._on_lost = on_lost
+        self._transport: asyncio.BaseTransport | None = None
         self.lost = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport
+        super().connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        # Bytes that are not HTTP/2 (a ttrpc agent, a wrong port) make grpclib's handler
+        # raise; the loop would only log it while every call waited for its deadline.
+        # Drop the connection instead: pending calls fail at once as connection lost.
+        try:
+            super().data_received(data)
+        except Exception as exc:
+            logger.warning("not an HTTP/2 peer (%s: %s); closing the connection",
+                           type(exc).__name__, exc)
+            if isinstance(self._transport, asyncio.Transport):
+                self._transport.abort()
+            elif self._transport is not None:
+                self._transport.close()
 
     def connection_lost(self, exc: BaseException | None) -> None:
         super().connection_lost(exc)
