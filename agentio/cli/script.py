@@ -58,6 +58,8 @@ def _script_args(parser: argparse.ArgumentParser) -> None:
 async def run_script(session: Session, args: argparse.Namespace) -> ExitWith:
     parser = line_parser()
     status = 0
+    # typed at a prompt, a failed command is the user's to see, not the end of the session
+    keep_going = args.keep_going or (args.file == "-" and sys.stdin.isatty())
     async for number, line in _lines(args.file):
         try:
             parsed = parser.parse_args(shlex.split(line))
@@ -71,7 +73,7 @@ async def run_script(session: Session, args: argparse.Namespace) -> ExitWith:
             result = await execute(session, parsed, process_status=False)
         if result and not status:
             status = result
-        if result and not args.keep_going:
+        if result and not keep_going:
             break
     return ExitWith(status)
 
@@ -93,7 +95,6 @@ async def _lines(path: str) -> AsyncIterator[tuple[int, str]]:
     for number, text in enumerate(_read_script(path).splitlines(), 1):
         if (stripped := text.strip()) and not stripped.startswith("#"):
             yield number, stripped
-
 
 
 def _read_script(path: str) -> str:

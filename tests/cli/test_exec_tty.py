@@ -92,3 +92,25 @@ def test_exec_tty_without_a_local_terminal(address: str) -> None:
         capture_output=True, timeout=TIMEOUT, stdin=subprocess.DEVNULL)
     assert done.returncode == 5
     assert done.stdout.replace(b"\r\n", b"\n") == b"on-a-tty\n"
+
+
+def test_an_interactive_script_session_carries_on_after_a_failed_command(address: str) -> None:
+    master, slave = pty.openpty()
+    child = subprocess.Popen(
+        cli("--address", address, "--sandbox-id", "sb-cli", "run-script", "-"),
+        stdin=slave, stdout=slave, stderr=slave, start_new_session=True)
+    screen = Screen(master)
+    try:
+        screen.wait_for(b"agentio> ")
+        os.write(master, b"stats nosuch\n")
+        screen.wait_for(b"agentio stats:")  # the error, then the next prompt
+        os.write(master, b"check\n")
+        screen.wait_for(b"status: serving")
+        os.write(master, b"\x04")  # end of input ends the session
+        assert child.wait(TIMEOUT) == 1  # the first failure's status
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+        os.close(master)
+        os.close(slave)
