@@ -69,16 +69,38 @@ async def _loop_connection(
     initial_data: bytes,
 ) -> tuple[asyncio.Transport, P]:
     starter = _Starter(protocol_factory, initial_data)
-    if sock.family == socket.AF_UNIX:
-        transport, _ = await loop.create_unix_connection(lambda: starter, sock=sock)
-    else:
-        transport, _ = await loop.create_connection(lambda: starter, sock=sock)
-    if starter.error is not None:
-        raise starter.error
-    if starter.protocol is None:
+    # The loop gets a descriptor of its own and ours is closed whatever happens. uvloop pins
+    # a socket it was given (an io ref) and closes the fd through libuv: our close of that
+    # same object, after a cancel or error inside it, would close the fd a second time when
+    # uvloop let go, by then perhaps another socket's.
+    theirs = sock.dup()
+    try:
+        if sock.family == socket.AF_UNIX:
+            transport, _ = await loop.create_unix_connection(lambda: starter, sock=theirs)
+        else:
+            transport, _ = await loop.create_connection(lambda: starter, sock=theirs)
+    except BaseException:
+        _let_go(theirs)
+        raise
+    finally:
+        sock.close()
+    if starter.error is not None or starter.protocol is None:
         transport.abort()
-        raise AgentConnectionError(f"event loop returned before connection_made on {sock!r}")
+        _let_go(theirs)
+        raise starter.error or AgentConnectionError(
+            f"event loop returned before connection_made on {sock!r}")
     return transport, starter.protocol
+
+
+def _let_go(theirs: socket.socket) -> None:
+    """Drop our hold on a socket the loop was given, after a failure, closing it only once."""
+    if getattr(theirs, "_io_refs", 0):
+        # uvloop pinned it and closes the fd through libuv (at the latest when the loop
+        # closes): this object closing it too, when collected, would close a number that
+        # may by then belong to another socket
+        theirs.detach()
+    else:
+        theirs.close()
 
 
 class _Starter(asyncio.Protocol, Generic[P]):
