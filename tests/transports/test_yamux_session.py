@@ -411,3 +411,21 @@ async def test_no_heartbeat_by_default_and_a_missed_one_fails() -> None:
         session.abort()
         b.close()
         await session.wait_closed()
+
+
+@pytest.mark.parametrize("server_factory", [None])
+async def test_a_stream_the_peer_never_opens_a_window_for_fails_past_its_backlog(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A protocol that ignores pause_writing (h2 answering a PING flood) against a peer that
+    # grants no window: the stream fails typed instead of queueing without end.
+    import agentio.transports.yamux.session as session_module
+
+    monkeypatch.setattr(session_module, "MAX_STREAM_BACKLOG", 1 << 20)
+    pair.server.pause_reading()  # the peer never reads: no window updates ever come
+    stream, protocol = await pair.client.connect_stream(Collector)
+    for _ in range(40):
+        stream.write(b"x" * 65536)
+    async with asyncio.timeout(BOUND):
+        assert isinstance(await protocol.lost, YamuxError)
+    assert stream.get_write_buffer_size() == 0

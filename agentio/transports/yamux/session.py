@@ -61,6 +61,14 @@ log = logging.getLogger(__name__)
 
 P = TypeVar("P", bound=asyncio.Protocol)
 _DEFAULT_HIGH_WATER = 64 * 1024
+MAX_STREAM_BACKLOG = 16 * 1024 * 1024
+"""Bytes a stream may hold for a peer that grants it no window. Data writers stop at the
+high-water mark; only a protocol answering the peer's control frames (HTTP/2 PING and
+SETTINGS acknowledgements) ignores it, so this much means a flood: the stream fails."""
+MAX_SESSION_BACKLOG = 32 * 1024 * 1024
+"""Bytes the byte stream may hold unsent. Stream data is bounded by the peer's windows; what
+grows past this is answers to the peer's own frames (RST for its SYNs, ping replies) while
+it does not read them: a flood, and the session fails."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,6 +227,15 @@ class YamuxStream(asyncio.Transport):
         if not data:
             return
         self._out += data
+        if len(self._out) > MAX_STREAM_BACKLOG:
+            self._closing = True
+            self._out.clear()
+            self._in.clear()
+            self._session._reset(self.stream_id)
+            self._set_lost(YamuxError(
+                f"yamux stream {self.stream_id}: over {MAX_STREAM_BACKLOG} bytes queued "
+                f"while the peer granted no window"))
+            return
         self._pump()
 
     def write_eof(self) -> None:
@@ -663,8 +680,14 @@ class YamuxSession(asyncio.Protocol):
     def _write_out(self) -> None:
         self._flush_scheduled = False
         data = self._conn.data_to_send()
-        if data and self._transport is not None and not self._transport.is_closing():
-            self._transport.write(data)
+        transport = self._transport
+        if data and transport is not None and not transport.is_closing():
+            transport.write(data)
+            if transport.get_write_buffer_size() > MAX_SESSION_BACKLOG:
+                self._teardown(YamuxError(
+                    f"yamux: over {MAX_SESSION_BACKLOG} bytes unsent: the peer sends frames "
+                    f"to answer but does not read the answers"), None, error=True)
+                transport.abort()
 
     def _on_peer_stream(self, stream_id: int) -> None:
         if self._factory is None and len(self._backlog) >= self.config.accept_backlog:
