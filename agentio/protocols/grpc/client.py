@@ -133,7 +133,7 @@ class _BoundedStream(Stream[bytes, bytes]):
         if not self._recv_initial_metadata_done:
             await self.recv_initial_metadata()
         with self._wrapper:
-            prefix = await self._stream.recv_data(_PREFIX)
+            prefix = await self._read(_PREFIX)
             if not prefix:
                 return None
             if len(prefix) != _PREFIX or prefix[0] not in (0, 1):
@@ -144,10 +144,16 @@ class _BoundedStream(Stream[bytes, bytes]):
             if length > self.max_message:
                 raise FrameTooLarge(f"response message of {length} bytes exceeds maximum "
                                     f"message size of {self.max_message}")
-            data = await self._stream.recv_data(length)
+            data = await self._read(length)
             if len(data) != length:
                 raise ProtocolError(f"stream ended {length - len(data)} bytes into a message")
             return data
+
+    async def _read(self, size: int) -> bytes:
+        try:
+            return await self._stream.recv_data(size)
+        except AssertionError as exc:  # grpclib asserts where the stream ends mid-message
+            raise ProtocolError(f"stream ended inside a gRPC message ({exc})") from None
 
 
 class _ConnectorChannel(Channel):
