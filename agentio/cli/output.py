@@ -59,11 +59,11 @@ def error_document(exc: BaseException) -> dict[str, Any]:
     return doc
 
 
-def safe_text(text: str) -> str:
-    """``text`` with control characters (but not newlines and tabs) shown as escapes."""
+def safe_text(text: str, *, keep: str = "\n\t") -> str:
+    """``text`` with control characters (except those in ``keep``) shown as escapes."""
     if text.isprintable():
         return text
-    return "".join(c if c.isprintable() or c in "\n\t" else repr(c)[1:-1] for c in text)
+    return "".join(c if c.isprintable() or c in keep else repr(c)[1:-1] for c in text)
 
 
 def jsonable(value: Any) -> Any:
@@ -131,7 +131,8 @@ class Printer:
             return
         prefix = f"agentio {command}" if command else "agentio"
         kind = "" if isinstance(exc, RpcError) else f"{type(exc).__name__}: "
-        print(f"{prefix}: {kind}{safe_text(str(exc))}", file=self.err, flush=True)
+        # one line per error: a guest's message must not forge lines of its own
+        print(f"{prefix}: {kind}{safe_text(str(exc), keep='')}", file=self.err, flush=True)
 
     def line(self, text: str) -> None:
         """One line of human output on stdout (escaped: it may come from the guest)."""

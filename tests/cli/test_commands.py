@@ -390,3 +390,16 @@ async def test_the_kata1_agent_over_grpc(tmp_path: Path) -> None:
                                          "api_version: 1.0.0"]
     assert err.decode().startswith("agentio stats: [")  # the status the server gave
     assert "StatsContainer (container=c1)" in err.decode()
+
+
+def test_an_agent_error_is_one_line_whatever_the_guest_wrote() -> None:
+    import io
+
+    from agentio.cli.output import Printer
+    from agentio.errors import Internal
+
+    err = io.StringIO()
+    forged = Internal("boom\nagentio: everything is fine\x1b[2J", operation="Check")
+    Printer(json_output=False, out=io.StringIO(), err=err).error(forged, command="check")
+    assert err.getvalue().count("\n") == 1
+    assert "\\nagentio: everything is fine\\x1b[2J" in err.getvalue()
