@@ -243,10 +243,15 @@ async def test_long_poll_is_bounded_here_and_cancelled_on_the_wire(
     agent: tuple[FakeAgent, Path], client: tuple[GrpcClient, Dialer]
 ) -> None:
     service, _ = agent
+    # the bound is ours alone (no grpc-timeout goes out); it is long enough for the handler
+    # to be reached first on a loaded machine, which the test waits for
+    call = asyncio.create_task(_read(client[0], "block", timeout=2.0))
+    async with asyncio.timeout(5):
+        await service.blocked.wait()
     with pytest.raises(errors.DeadlineExceeded, match="ReadStdout"):
-        await _read(client[0], "block", timeout=0.05)
-    assert service.blocked.is_set()
-    await asyncio.wait_for(service.cancelled.wait(), 5)  # RST_STREAM reached the handler
+        await call
+    async with asyncio.timeout(5):
+        await service.cancelled.wait()  # RST_STREAM reached the handler
     assert service.deadlines[-1] == ("ReadStdout", None)
     assert await _read(client[0], "e1") == b"out\n"
 
