@@ -223,17 +223,8 @@ async def ttrpc_caller(address: str) -> AsyncIterator[Call]:
     layer (message encode/parse, error context, the status check).
     """
     target = parse_address(address)
-    client = TtrpcClient(lambda factory: connect(target, factory))
-    payload = bytes(pb.CheckRequest())
-
-    def check() -> Awaitable[bytes]:
-        return client.call(HEALTH, "Check", payload, timeout=CALL_TIMEOUT)
-
-    try:
-        await check()
+    async with _raw_checks(TtrpcClient(lambda factory: connect(target, factory))) as check:
         yield check
-    finally:
-        await client.close()
 
 
 @contextlib.asynccontextmanager
@@ -252,7 +243,13 @@ async def grpc_caller(address: str) -> AsyncIterator[Call]:
     """``GrpcClient.call("grpc.Health", "Check")`` on one yamux stream, dialled like the agent."""
     target = parse_address(address)
     dialer = YamuxDialer(lambda factory: connect(target, factory))
-    client = GrpcClient(dialer.connect_stream, on_close=dialer.close)
+    async with _raw_checks(GrpcClient(dialer.connect_stream, on_close=dialer.close)) as check:
+        yield check
+
+
+@contextlib.asynccontextmanager
+async def _raw_checks(client: TtrpcClient | GrpcClient) -> AsyncIterator[Call]:
+    """Health.Check as payload bytes on ``client`` (one warm-up call first); closes it."""
     payload = bytes(pb.CheckRequest())
 
     def check() -> Awaitable[bytes]:
